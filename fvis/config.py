@@ -1,0 +1,628 @@
+"""The YAML schema: one pydantic model per node kind, and loading that reports errors by line.
+
+This module is torch-free so that `fvis validate`, `fvis schema` and `--help` stay instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from fvis.errors import SpecError, UserError, YamlPath
+
+MAX_CONFIG_BYTES = 1_000_000
+
+
+def _pair(value: Any) -> Any:
+    """Accept `64` as shorthand for `[64, 64]`."""
+    return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _default_tag(tag: str, value: str) -> Any:
+    """A validator giving a tagged-union node its default tag when the YAML leaves it out."""
+
+    def fill(node: Any) -> Any:
+        return {tag: value, **node} if isinstance(node, dict) and tag not in node else node
+
+    return BeforeValidator(fill)
+
+
+def _listify(value: Any) -> Any:
+    """Accept `3` as shorthand for `[3]`."""
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Size = Annotated[
+    tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]],
+    BeforeValidator(_pair),
+]
+Indices = Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_listify)]
+
+
+class Node(BaseModel):
+    """Base of every config node: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class InputSpec(Node):
+    """How an image in [0, 1] becomes the model's input. Unset fields take the source's default."""
+
+    size: Size | None = Field(
+        None, description="Input size [height, width] (or one int); the default image size."
+    )
+    channels: int | None = Field(None, ge=1, le=64, description="Number of input channels.")
+    range: tuple[float, float] | None = Field(
+        None, description="Value range the model expects before normalization, e.g. [0, 255]."
+    )
+    mean: list[float] | None = Field(None, description="Per-channel mean subtracted after scaling.")
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="Per-channel standard deviation divided after subtracting the mean."
+    )
+
+
+class ZooModelSpec(Node):
+    """A model of fvis's own zoo, shipped with the package (see `fvis zoo list`)."""
+
+    source: Literal["zoo"] = "zoo"
+    name: str = Field("shapes", description="Zoo model name.")
+    input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+
+
+class TorchvisionModelSpec(Node):
+    """A torchvision architecture by name, with an optional weights enum member."""
+
+    source: Literal["torchvision"]
+    name: str = Field(description="torchvision model name, e.g. resnet50 or googlenet.")
+    weights: str | None = Field(
+        "DEFAULT",
+        description="Weights enum member (e.g. IMAGENET1K_V1, DEFAULT) or null for random init.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for the model builder."
+    )
+    input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+
+
+class CheckpointModelSpec(Node):
+    """A local state dict (.pt/.pth loaded with weights_only=True, or .safetensors)."""
+
+    source: Literal["checkpoint"]
+    path: Path = Field(description="Checkpoint file; relative paths are from the config's folder.")
+    arch: str = Field(
+        description="Architecture: a torchvision model name or a 'module:factory' entry point."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the architecture's builder."
+    )
+    key: str | None = Field(
+        None,
+        description="Key of the state dict inside the file (default: the file itself, or its "
+        "'state_dict' / 'model' entry).",
+    )
+    strict: bool = Field(True, description="Require the keys to match the architecture exactly.")
+    input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+
+
+class TorchScriptModelSpec(Node):
+    """A TorchScript file (torch.jit.save). Only its output can be hooked."""
+
+    source: Literal["torchscript"]
+    path: Path = Field(description="TorchScript file; relative paths are from the config's folder.")
+    input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+
+
+class FactoryModelSpec(Node):
+    """A 'module:function' entry point returning an nn.Module. This runs the module's code."""
+
+    source: Literal["factory"]
+    factory: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'package.module:function'; the config's folder is importable.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the factory."
+    )
+    input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+
+
+ModelSpec = Annotated[
+    ZooModelSpec
+    | TorchvisionModelSpec
+    | CheckpointModelSpec
+    | TorchScriptModelSpec
+    | FactoryModelSpec,
+    Field(discriminator="source"),
+    _default_tag("source", "zoo"),
+]
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def _int_to_str(value: Any) -> Any:
+    """Module paths may be bare numbers (children of nn.Sequential): `2` means '2'."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+ModulePath = Annotated[str, Field(min_length=1), BeforeValidator(_int_to_str)]
+LayerName = Annotated[
+    str,
+    BeforeValidator(_int_to_str),
+    Field(
+        min_length=1,
+        description="A hook alias, a dotted module path from named_modules(), 'output' (the "
+        "model's output) or 'image' (the rendered image).",
+    ),
+]
+
+
+class ObjectiveNode(Node):
+    """Fields shared by every objective: its weight and the batch items it applies to."""
+
+    weight: float = Field(1.0, description="Scalar factor applied to this term.")
+    batch: Indices | None = Field(
+        None, description="Batch item(s) this term applies to (default: all); 0 elsewhere."
+    )
+
+
+class ChannelObjective(ObjectiveNode):
+    """Mean activation of one channel over all positions."""
+
+    kind: Literal["channel"]
+    layer: LayerName
+    channel: int = Field(ge=0, description="Channel index.")
+
+
+class NeuronObjective(ObjectiveNode):
+    """Activation of one channel at one position (x = column, y = row; default: the centre)."""
+
+    kind: Literal["neuron"]
+    layer: LayerName
+    channel: int = Field(ge=0, description="Channel index.")
+    x: int | None = Field(None, ge=0, description="Column; default the centre column.")
+    y: int | None = Field(None, ge=0, description="Row; default the centre row.")
+
+
+class LayerObjective(ObjectiveNode):
+    """Mean activation of a whole layer."""
+
+    kind: Literal["layer"]
+    layer: LayerName
+
+
+class ClassLogitObjective(ObjectiveNode):
+    """Sum of class logits (pre-softmax scores) at a [B, classes] layer."""
+
+    kind: Literal["class_logit"]
+    index: Indices = Field(description="Class index or list of indices, summed.")
+    layer: LayerName = "output"
+
+
+class TotalVariationObjective(ObjectiveNode):
+    """Total variation: sum of absolute differences between neighbouring pixels, per item."""
+
+    kind: Literal["total_variation"]
+    layer: LayerName = "image"
+
+
+class L1Objective(ObjectiveNode):
+    """L1 norm of (activation - constant), per item."""
+
+    kind: Literal["l1"]
+    layer: LayerName = "image"
+    constant: float = Field(0.0, description="Value subtracted before taking the norm.")
+
+
+class L2Objective(ObjectiveNode):
+    """L2 norm of (activation - constant), per item."""
+
+    kind: Literal["l2"]
+    layer: LayerName = "image"
+    constant: float = Field(0.0, description="Value subtracted before taking the norm.")
+
+
+class SumObjective(ObjectiveNode):
+    """Weighted sum of terms."""
+
+    kind: Literal["sum"]
+    terms: list[Objective] = Field(min_length=1, description="The terms added together.")
+
+
+class NegObjective(ObjectiveNode):
+    """The negation of a term (minimize it)."""
+
+    kind: Literal["neg"]
+    term: Objective = Field(description="The negated term.")
+
+
+Objective = Annotated[
+    ChannelObjective
+    | NeuronObjective
+    | LayerObjective
+    | ClassLogitObjective
+    | TotalVariationObjective
+    | L1Objective
+    | L2Objective
+    | SumObjective
+    | NegObjective,
+    Field(discriminator="kind"),
+]
+SumObjective.model_rebuild()
+NegObjective.model_rebuild()
+
+# Penalties allowed under `regularizers:`; each is subtracted from the objective with its weight.
+Regularizer = Annotated[
+    TotalVariationObjective | L1Objective | L2Objective, Field(discriminator="kind")
+]
+
+
+# ----------------------------------------------------------------------------- image
+
+
+class ParamNode(Node):
+    """Fields shared by every image parameterization."""
+
+    size: Size | None = Field(
+        None, description="Image size [height, width] (or one int); default the model's input."
+    )
+    batch: int = Field(1, ge=1, le=4096, description="Number of images optimized together.")
+    channels: int | None = Field(
+        None, ge=1, le=64, description="Image channels; default the model's input channels."
+    )
+    decorrelate: bool = Field(
+        True,
+        description="Optimize in a decorrelated colour space (3-channel images only); uses the "
+        "model's colour statistics when it has them, ImageNet's otherwise.",
+    )
+    squash: Literal["sigmoid", "clamp"] = Field(
+        "sigmoid", description="How values are mapped to the valid [0, 1] range."
+    )
+    sd: float = Field(0.01, gt=0, le=10, description="Standard deviation of the random init.")
+
+
+class PixelParam(ParamNode):
+    """One free value per pixel and channel."""
+
+    kind: Literal["pixel"]
+
+
+class FFTParam(ParamNode):
+    """Fourier coefficients scaled by 1/f^decay: a spectral preconditioner (Olah et al. 2017)."""
+
+    kind: Literal["fft"] = "fft"
+    decay: float = Field(
+        1.0, ge=0, le=4, description="Power of the 1/f scaling; higher is smoother."
+    )
+
+
+Param = Annotated[PixelParam | FFTParam, Field(discriminator="kind"), _default_tag("kind", "fft")]
+
+
+class PadTransform(Node):
+    """Pad every side (before the other transforms, as lucid does)."""
+
+    kind: Literal["pad"]
+    pixels: int = Field(ge=0, le=512, description="Padding on each side.")
+    mode: Literal["constant", "reflect", "replicate"] = "constant"
+    value: float = Field(0.5, ge=0, le=1, description="Fill value for mode: constant.")
+
+
+class JitterTransform(Node):
+    """Random integer shift in both directions, drawn per batch item."""
+
+    kind: Literal["jitter"]
+    pixels: int = Field(ge=0, le=512, description="Largest shift in pixels.")
+
+
+class ScaleTransform(Node):
+    """Random zoom drawn per batch item from [min, max]."""
+
+    kind: Literal["scale"]
+    min: float = Field(0.9, gt=0, le=10)
+    max: float = Field(1.1, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScaleTransform:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class RotateTransform(Node):
+    """Random rotation drawn per batch item from [-degrees, degrees]."""
+
+    kind: Literal["rotate"]
+    degrees: float = Field(10.0, ge=0, le=180)
+
+
+class StandardTransform(Node):
+    """lucid's robustness stack, sized to the image: pad, jitter, scale, rotate, jitter."""
+
+    kind: Literal["standard"]
+
+
+Transform = Annotated[
+    PadTransform | JitterTransform | ScaleTransform | RotateTransform | StandardTransform,
+    Field(discriminator="kind"),
+]
+
+
+# ----------------------------------------------------------------------------- run
+
+
+class OptimSpec(Node):
+    """The optimization: Adam on the image parameters."""
+
+    lr: float = Field(0.05, gt=0, le=10, description="Adam learning rate.")
+    steps: int = Field(256, ge=1, le=1_000_000, description="Number of optimization steps.")
+    thresholds: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="Steps at which snapshots are kept (grid columns); default 4 steps."
+    )
+    redirected_relu: int = Field(
+        16,
+        ge=0,
+        description="Warm-up steps during which gradients pass through inactive nn.ReLU units "
+        "that they would switch on (avoids grey, empty renders); 0 disables.",
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_within_steps(self) -> OptimSpec:
+        late = [t for t in self.thresholds or [] if t > self.steps]
+        if late:
+            raise ValueError(f"thresholds {late} exceed steps ({self.steps})")
+        return self
+
+    def snapshot_steps(self) -> list[int]:
+        """The sorted steps at which snapshots are kept; the last step is always one."""
+        if self.thresholds:
+            return sorted({*self.thresholds, self.steps})
+        return sorted({max(1, self.steps * k // 8) for k in (1, 2, 4, 8)})
+
+
+class OutputSpec(Node):
+    """Where and how results are written."""
+
+    dir: Path = Field(Path("outputs"), description="Folder holding one folder per run name.")
+    cell: int = Field(
+        128, ge=16, le=2048, description="Smallest grid cell in pixels (nearest upscaling)."
+    )
+
+
+DeviceName = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+
+
+class Config(Node):
+    """A feature visualization: which model, what to maximize, how to render it."""
+
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Run name: the output folder under output.dir (default: the file's stem).",
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Random seed (init and transforms).")
+    device: DeviceName = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    model: ModelSpec = Field(default_factory=ZooModelSpec, description="The network.")
+    hooks: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][\w-]*$")], ModulePath] = Field(
+        default_factory=dict,
+        description="Aliases for layers: alias -> dotted module path (see `fvis layers`).",
+    )
+    objective: Objective = Field(
+        default_factory=lambda: ClassLogitObjective(kind="class_logit", index=[0]),
+        description="What to maximize: a weighted tree of objectives.",
+    )
+    regularizers: list[Regularizer] = Field(
+        default_factory=list, description="Penalties subtracted from the objective, with weights."
+    )
+    param: Param = Field(default_factory=FFTParam, description="The image parameterization.")
+    transforms: list[Transform] = Field(
+        default_factory=lambda: [StandardTransform(kind="standard")],
+        description="Random transforms applied before each forward pass (robustness).",
+    )
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="The optimizer.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs.")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Source:
+    """Where a config came from: the file, the line of every YAML path, the --set overrides."""
+
+    path: Path
+    lines: dict[YamlPath, int] = field(default_factory=dict)
+    overrides: dict[YamlPath, str] = field(default_factory=dict)
+
+    def where(self, loc: YamlPath) -> str:
+        """`file:line: yaml.path` for the nearest located ancestor of loc."""
+        dotted = dotted_path(loc) or "(top level)"
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.overrides:
+                return f"{self.path}: --set {self.overrides[loc[:n]]}: {dotted}"
+            if loc[:n] in self.lines:
+                return f"{self.path}:{self.lines[loc[:n]]}: {dotted}"
+        return f"{self.path}: {dotted}"
+
+
+@dataclass
+class Loaded:
+    """A validated config with the source that reports errors against it."""
+
+    config: Config
+    source: Source
+
+    def error(self, err: SpecError) -> str:
+        """One line for a build-time error at a YAML location."""
+        return f"{self.source.where(err.loc)}: {err.message}"
+
+
+class ConfigError(UserError):
+    """One or more errors in a config file, each already formatted as one line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def dotted_path(loc: YamlPath) -> str:
+    """('objective', 'terms', 0, 'layer') -> 'objective.terms[0].layer'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> Loaded:
+    """Read, parse and validate a config file, applying `--set a.b=value` overrides."""
+    source = Source(path)
+    data = _read_yaml(path, source)
+    for item in overrides:
+        loc, value = _parse_override(path, item)
+        _apply_override(path, data, loc, value)
+        source.overrides[loc] = item
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, data, source)) from None
+    if config.name is None:
+        config = config.model_copy(update={"name": _default_name(path)})
+    return Loaded(config, source)
+
+
+def _default_name(path: Path) -> str:
+    """A run name from the file's stem, reduced to the characters a run name allows."""
+    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem).lstrip("._-")
+    return stem[:128] or "run"
+
+
+def _read_yaml(path: Path, source: Source) -> dict[str, Any]:
+    """safe_load the file and record the line of every mapping key and sequence item."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{line}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}:1: the top level must be a mapping, not {type(data).__name__}")
+    _record_lines(node, (), source.lines)
+    return data
+
+
+def _record_lines(node: yaml.Node, loc: YamlPath, lines: dict[YamlPath, int]) -> None:
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*loc, key.value)
+            lines[child] = key.start_mark.line + 1
+            _record_lines(value, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _record_lines(item, (*loc, i), lines)
+
+
+def _parse_override(path: Path, item: str) -> tuple[YamlPath, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"{path}: --set {item}: expected dotted.path=value, e.g. optim.steps=64")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"{path}: --set {item}: the value is not valid YAML") from None
+    loc = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    return loc, value
+
+
+def _apply_override(path: Path, data: dict[str, Any], loc: YamlPath, value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and isinstance(part, str):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
+        else:
+            raise UserError(f"{path}: --set {dotted_path(loc)}: no such place in the config")
+
+
+def _format_errors(exc: ValidationError, data: dict[str, Any], source: Source) -> list[str]:
+    out: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = _data_loc(error["loc"], data)
+        if error["type"] == "union_tag_invalid":
+            loc = (*loc, str(error["ctx"]["discriminator"]).strip("'"))
+        line = f"{source.where(loc)}: {_message(error)}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
+def _data_loc(loc: tuple[Any, ...], data: Any) -> YamlPath:
+    """Drop the union tags pydantic inserts into error locations, keeping the YAML path."""
+    out: list[str | int] = []
+    node = data
+    tag_skipped = False
+    for i, part in enumerate(loc):
+        is_tag = isinstance(node, dict) and part in (node.get("kind"), node.get("source"))
+        if is_tag and not tag_skipped:
+            tag_skipped = True
+            continue
+        tag_skipped = False
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
+            node = node[part]
+        elif i < len(loc) - 1 and not isinstance(part, int):
+            continue
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, made specific where it helps (unknown kinds, unknown keys)."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "union_tag_invalid":
+        tag = ctx.get("tag")
+        expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        hint = difflib.get_close_matches(str(tag), expected, n=3)
+        suggestion = f"; did you mean {', '.join(map(repr, hint))}?" if hint else ""
+        return f"unknown {tag!r}{suggestion} (choose from {', '.join(expected)})"
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"]).removeprefix("Value error, ")

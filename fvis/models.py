@@ -1,0 +1,338 @@
+"""Building a network from its spec, wrapped with the preprocessing its inputs need."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import re
+import sys
+import urllib.error
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fvis.config import (
+    CheckpointModelSpec,
+    FactoryModelSpec,
+    InputSpec,
+    ModelSpec,
+    TorchScriptModelSpec,
+    TorchvisionModelSpec,
+    ZooModelSpec,
+)
+from fvis.errors import SpecError, UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image in [0, 1] becomes the model's input, plus what the image should look like."""
+
+    size: tuple[int, int]
+    channels: int
+    range: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    color_correlation: tuple[tuple[float, ...], ...] | None = None
+
+
+class Network(nn.Module):
+    """A model behind its preprocessing: takes images in [0, 1], feeds the model what it expects.
+
+    The inner model stays at `.model`, so layer names are the model's own `named_modules()` paths.
+    """
+
+    def __init__(self, model: nn.Module, prep: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.prep = prep
+        lo, hi = prep.range
+        shape = (1, prep.channels, 1, 1)
+        std = torch.tensor(prep.std).view(shape)
+        # (x * (hi - lo) + lo - mean) / std folded into one multiply-add.
+        self.register_buffer("gain", (hi - lo) / std)
+        self.register_buffer("bias", (lo - torch.tensor(prep.mean).view(shape)) / std)
+
+    def forward(self, image: torch.Tensor) -> Any:
+        return self.model(image * self.gain + self.bias)
+
+
+def build_network(spec: ModelSpec, base: Path) -> Network:
+    """The network a model spec names, in eval mode, frozen, with in-place ops turned off.
+
+    In-place activations are disabled so that a captured layer output is never overwritten by
+    the layer after it (which would make captured values depend on where the pass stops).
+    """
+    model, defaults = _BUILDERS[type(spec)](spec, base)
+    if not isinstance(model, nn.Module):
+        raise SpecError(("model",), f"the model is a {type(model).__name__}, not a torch nn.Module")
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if not isinstance(model, torch.jit.ScriptModule):  # compiled code: nothing to change
+        for module in model.modules():
+            if getattr(module, "inplace", False) is True:
+                module.inplace = False
+    return Network(model, _preprocessing(spec.input, defaults))
+
+
+def _preprocessing(given: InputSpec, default: Preprocessing) -> Preprocessing:
+    """The source's defaults overridden by what the config sets; lengths checked."""
+    prep = replace(
+        default,
+        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in given if v is not None},
+    )
+    if given.channels is not None and given.mean is None and len(prep.mean) != prep.channels:
+        prep = replace(prep, mean=(0.0,) * prep.channels, std=(1.0,) * prep.channels)
+    for name in ("mean", "std"):
+        n = len(getattr(prep, name))
+        if n != prep.channels:
+            raise SpecError(
+                ("model", "input", name),
+                f"has {n} values but the model takes {prep.channels} channels",
+            )
+    return prep
+
+
+def _plain(size: tuple[int, int] = (224, 224), channels: int = 3) -> Preprocessing:
+    """No normalization: the image goes in as it is, in [0, 1]."""
+    return Preprocessing(size, channels, (0.0, 1.0), (0.0,) * channels, (1.0,) * channels)
+
+
+IMAGENET = Preprocessing((224, 224), 3, (0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _zoo(spec: ZooModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
+    from fvis import zoo
+
+    try:
+        entry = zoo.get(spec.name)
+        model = zoo.load(spec.name)
+    except ValueError as exc:
+        raise SpecError(("model", "name"), str(exc)) from None
+    prep = Preprocessing(
+        entry.input_size, 3, entry.value_range, entry.mean, entry.std, entry.color_correlation
+    )
+    return model, prep
+
+
+def _torchvision(spec: TorchvisionModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
+    import torchvision
+
+    try:
+        weights_enum = torchvision.models.get_model_weights(spec.name)
+    except (ValueError, KeyError):
+        known = torchvision.models.list_models()
+        raise SpecError(
+            ("model", "name"), _unknown("torchvision model", spec.name, known)
+        ) from None
+    if spec.weights is None:
+        return _call(torchvision.models.get_model, spec.name, weights=None, **spec.kwargs), IMAGENET
+    try:
+        weights = weights_enum[spec.weights]
+    except KeyError:
+        members = [*weights_enum.__members__, "DEFAULT"]
+        raise SpecError(
+            ("model", "weights"), _unknown(f"{weights_enum.__name__} member", spec.weights, members)
+        ) from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        # torchvision's own builder: it downloads to (or reads from) its cache, and adapts the
+        # architecture to the weights (e.g. googlenet's transform_input).
+        model = _call(torchvision.models.get_model, spec.name, weights=weights, **spec.kwargs)
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(
+            f"cannot download {type(weights).__name__}.{weights.name} ({_first_line(exc)}); "
+            f"offline, put the file at {cached} (from {weights.url})"
+        ) from None
+    return model, _weights_preprocessing(weights)
+
+
+def _weights_preprocessing(weights: Any) -> Preprocessing:
+    """Mean, std and crop size from a weights enum's own inference transforms."""
+    transforms = weights.transforms()
+    crop = getattr(transforms, "crop_size", [224])
+    size = (crop[0], crop[-1])
+    mean = tuple(getattr(transforms, "mean", IMAGENET_MEAN))
+    std = tuple(getattr(transforms, "std", IMAGENET_STD))
+    return Preprocessing(size, len(mean), (0.0, 1.0), mean, std)
+
+
+def _checkpoint(spec: CheckpointModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
+    path = _existing(base, spec.path, ("model", "path"))
+    state = _state_dict(_read_checkpoint(path), spec.key, path)
+    if ":" in spec.arch:
+        model, prep = _factory_call(spec.arch, spec.kwargs, base, ("model", "arch")), _plain()
+    else:
+        import torchvision
+
+        if spec.arch not in torchvision.models.list_models():
+            known = torchvision.models.list_models()
+            raise SpecError(("model", "arch"), _unknown("architecture", spec.arch, known))
+        model = _call(torchvision.models.get_model, spec.arch, weights=None, **spec.kwargs)
+        prep = IMAGENET
+    _load_state(model, state, spec.strict, path)
+    return model, prep
+
+
+def _read_checkpoint(path: Path) -> Any:
+    """A checkpoint's contents: safetensors, or a pickle restricted to tensors and containers."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).partition("WeightsUnpickler error:")[2].strip()
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global", reason)
+        if refused:
+            raise UserError(
+                f"{path}: refused by torch.load(weights_only=True): it holds a Python object "
+                f"({refused.group(1)}) that could run code; save a plain state dict with "
+                "torch.save(model.state_dict(), path)"
+            ) from None
+        detail = reason.splitlines()[0] if reason else _first_line(exc)
+        raise UserError(f"{path}: not a readable checkpoint ({detail})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+
+
+def _state_dict(content: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint: at `key`, or the usual 'state_dict'/'model' nesting."""
+    if key is not None:
+        if not isinstance(content, dict) or key not in content:
+            keys = list(content) if isinstance(content, dict) else []
+            raise UserError(f"{path}: no entry {key!r} (entries: {', '.join(map(str, keys[:10]))})")
+        content = content[key]
+    elif isinstance(content, dict):
+        for nested in ("state_dict", "model"):
+            if isinstance(content.get(nested), dict):
+                content = content[nested]
+                break
+    if not isinstance(content, dict) or not all(
+        isinstance(v, torch.Tensor) for v in content.values()
+    ):
+        raise UserError(f"{path}: does not hold a state dict of tensors (set model.key?)")
+    if content and all(k.startswith("module.") for k in content):
+        content = {k.removeprefix("module."): v for k, v in content.items()}
+    return content
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool, path: Path) -> None:
+    """Load a state dict; on mismatch, list the missing and unexpected keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys: {_few(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if wrong:
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong]
+        problems.append(f"shape mismatch: {_few(shapes)}")
+    if problems:
+        raise UserError(f"{path}: does not fit the architecture: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=strict)
+
+
+def _torchscript(spec: TorchScriptModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
+    path = _existing(base, spec.path, ("model", "path"))
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated, but users still have files
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu"), _plain()
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise UserError(f"{path}: not a TorchScript file ({_first_line(exc)})") from None
+
+
+def _factory(spec: FactoryModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
+    return _factory_call(spec.factory, spec.kwargs, base, ("model", "factory")), _plain()
+
+
+_BUILDERS: dict[type, Callable[[Any, Path], tuple[nn.Module, Preprocessing]]] = {
+    ZooModelSpec: _zoo,
+    TorchvisionModelSpec: _torchvision,
+    CheckpointModelSpec: _checkpoint,
+    TorchScriptModelSpec: _torchscript,
+    FactoryModelSpec: _factory,
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _factory_call(target: str, kwargs: dict[str, Any], base: Path, loc: tuple[str, ...]) -> Any:
+    """Import 'module:function' (the config's folder importable) and call it. Trusted code."""
+    module_name, _, attr = target.partition(":")
+    with _importable(base):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SpecError(loc, f"cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SpecError(loc, f"module {module_name!r} has no callable {attr!r}")
+    return _call(factory, **kwargs)
+
+
+@contextmanager
+def _importable(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a model builder; a wrong keyword is the user's mistake, reported in one line."""
+    try:
+        return fn(*args, **kwargs)
+    except TypeError as exc:
+        raise SpecError(
+            ("model", "kwargs"), f"the model builder refused its arguments: {exc}"
+        ) from None
+
+
+def _existing(base: Path, path: Path, loc: tuple[str, ...]) -> Path:
+    full = path if path.is_absolute() else base / path
+    if not full.is_file():
+        raise SpecError(loc, f"no such file: {full}")
+    return full
+
+
+def _unknown(what: str, name: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown {what} {name!r}{hint}"
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

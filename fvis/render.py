@@ -1,0 +1,113 @@
+"""The optimization loop: maximize the objective over the image parameters, keep snapshots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from fvis.build import Plan
+from fvis.hooks import IMAGE, Capture
+from fvis.objectives import Activations
+from fvis.relu import redirect_relus
+
+# (step, objective value or None when not synced this time) -> None
+Progress = Callable[[int, float | None], None]
+REPORT_SECONDS = 0.25
+
+
+@dataclass
+class Snapshot:
+    """The images after `step` updates and every term's value on them, per batch item."""
+
+    step: int
+    images: torch.Tensor
+    objective: list[float]
+    terms: dict[str, list[float]]
+
+
+@dataclass
+class Result:
+    """What a render produced."""
+
+    snapshots: list[Snapshot] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps_done: int = 0
+
+    @property
+    def initial(self) -> Snapshot:
+        return self.snapshots[0]
+
+    @property
+    def final(self) -> Snapshot:
+        return self.snapshots[-1]
+
+
+def render(plan: Plan, progress: Progress | None = None) -> Result:
+    """Adam on the image parameters for `optim.steps` steps; snapshots at 0 and each threshold.
+
+    Scores are maximized, so the loss is minus the sum of the per-item scores (summing keeps each
+    item's gradient independent of the batch size). The step's score stays on the device and is
+    read back only when progress is reported, a few times per second.
+    """
+    optim = plan.config.optim
+    snapshot_steps = set(optim.snapshot_steps())
+    adam = torch.optim.Adam(plan.param.parameters(), lr=optim.lr)
+    history = torch.zeros(optim.steps, device=plan.device)
+    result = Result()
+    names = _term_names(plan)
+    start = last_report = time.perf_counter()
+    model = plan.network.model
+    with Capture(model, plan.objective.layers, plan.network) as capture:
+        result.snapshots.append(_snapshot(plan, capture, 0, names))
+        for step in range(1, optim.steps + 1):
+            warm = step <= optim.redirected_relu
+            with redirect_relus(model) if warm else nullcontext():
+                image = plan.param()
+                acts = Activations(
+                    {**capture.run(plan.transforms(image, plan.streams)), IMAGE: image}
+                )
+                score = plan.objective(acts)
+                adam.zero_grad(set_to_none=True)
+                (-score.sum()).backward()
+            adam.step()
+            history[step - 1] = score.detach().mean()
+            if step in snapshot_steps:
+                result.snapshots.append(_snapshot(plan, capture, step, names))
+            now = time.perf_counter()
+            if progress and (now - last_report >= REPORT_SECONDS or step == optim.steps):
+                progress(step, float(history[step - 1]))
+                last_report = now
+    result.seconds = time.perf_counter() - start
+    result.steps_done = optim.steps
+    result.history = history.tolist()
+    return result
+
+
+def _term_names(plan: Plan) -> list[str]:
+    """Each leaf's name, made unique with #2, #3... when two leaves share one."""
+    names: list[str] = []
+    for leaf in plan.objective.leaves():
+        name, n = leaf.name, 1
+        while name in names:
+            n += 1
+            name = f"{leaf.name} #{n}"
+        names.append(name)
+    return names
+
+
+@torch.no_grad()
+def _snapshot(plan: Plan, capture: Capture, step: int, names: list[str]) -> Snapshot:
+    """The current images and the value of every term on them, without random transforms."""
+    image = plan.param()
+    acts = Activations({**capture.run(image), IMAGE: image})
+    total = plan.objective(acts).expand(image.shape[0])
+    terms = {
+        name: leaf(acts).expand(image.shape[0]).tolist()
+        for name, leaf in zip(names, plan.objective.leaves(), strict=True)
+    }
+    return Snapshot(step, image.detach().float().cpu(), total.tolist(), terms)

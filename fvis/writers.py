@@ -1,0 +1,162 @@
+"""Writing a run: labelled PNG grid, one PNG per image, run.json and the resolved config.
+
+Every file is written to a temporary name in its folder and renamed into place, so a reader
+never sees half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+
+import fvis
+from fvis.build import Plan
+from fvis.errors import UserError
+from fvis.render import Result
+
+NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+,\s*)*-?[\d.eE+-]+)\s*\]")
+LABEL_HEIGHT = 16
+LABEL_WIDTH = 40
+BACKGROUND = (255, 255, 255)
+INK = (0, 0, 0)
+
+
+def prepare_run_dir(path: Path, force: bool) -> Path:
+    """Create the run folder; an existing non-empty one is an error unless `force`."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UserError(f"{path}: run folder exists; pass --force to overwrite it or --out DIR")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create the run folder ({exc.strerror})") from None
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[C, H, W] in [0, 1] -> an 8-bit image: 1 channel grey, 3 RGB, otherwise the first three
+    channels (missing ones black)."""
+    x = (image.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8)
+    if x.shape[0] == 1:
+        return Image.fromarray(x[0].numpy(), mode="L")
+    if x.shape[0] < 3:
+        x = torch.cat([x, torch.zeros(3 - x.shape[0], *x.shape[1:], dtype=torch.uint8)])
+    return Image.fromarray(x[:3].permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def grid(
+    rows: list[list[torch.Tensor]], col_labels: list[str], row_labels: list[str], cell: int
+) -> Image.Image:
+    """A labelled grid of images, each upscaled (nearest) to at least `cell` pixels."""
+    h, w = rows[0][0].shape[-2:]
+    k = max(1, -(-cell // max(h, w)))
+    ch, cw = h * k, w * k
+    pad = 2
+    sheet = Image.new(
+        "RGB",
+        (LABEL_WIDTH + len(col_labels) * (cw + pad), LABEL_HEIGHT + len(rows) * (ch + pad)),
+        BACKGROUND,
+    )
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for j, label in enumerate(col_labels):
+        draw.text((LABEL_WIDTH + j * (cw + pad) + 2, 2), label, fill=INK, font=font)
+    for i, (row, label) in enumerate(zip(rows, row_labels, strict=True)):
+        y = LABEL_HEIGHT + i * (ch + pad)
+        draw.text((2, y + ch // 2 - 6), label, fill=INK, font=font)
+        for j, image in enumerate(row):
+            tile = to_pil(image).convert("RGB").resize((cw, ch), Image.Resampling.NEAREST)
+            sheet.paste(tile, (LABEL_WIDTH + j * (cw + pad), y))
+    return sheet
+
+
+def write_run(run_dir: Path, plan: Plan, result: Result, status: str = "complete") -> list[str]:
+    """grid.png, image_<i>.png per final image, config.yaml and run.json; returns file names."""
+    snaps = result.snapshots[1:] or result.snapshots
+    batch = snaps[0].images.shape[0]
+    rows = [[s.images[b] for s in snaps] for b in range(batch)]
+    sheet = grid(
+        rows,
+        [f"step {s.step}" for s in snaps],
+        [f"#{b}" for b in range(batch)],
+        plan.config.output.cell,
+    )
+    files = {"grid.png": png_bytes(sheet)}
+    for b in range(batch):
+        files[f"image_{b}.png"] = png_bytes(to_pil(snaps[-1].images[b]))
+    resolved = plan.config.model_dump(mode="json")
+    files["config.yaml"] = yaml.safe_dump(resolved, sort_keys=False).encode()
+    files["run.json"] = to_json(_metadata(plan, result, status, resolved, sorted(files)))
+    for name, data in files.items():
+        write_atomic(run_dir / name, data)
+    return list(files)
+
+
+def to_json(data: Any) -> bytes:
+    """Indented JSON with lists of numbers kept on one line, so long histories stay readable."""
+    text = json.dumps(data, indent=2)
+    return NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text).encode()
+
+
+def _metadata(
+    plan: Plan, result: Result, status: str, resolved: dict[str, Any], files: list[str]
+) -> dict[str, Any]:
+    import torchvision
+
+    steps = max(result.steps_done, 1)
+    return {
+        "name": plan.config.name,
+        "status": status,
+        "versions": {
+            "fvis": fvis.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+        "device": str(plan.device),
+        "seed": plan.config.seed,
+        "objective": plan.objective.name,
+        "steps": result.steps_done,
+        "wall_seconds": round(result.seconds, 4),
+        "seconds_per_step": round(result.seconds / steps, 6),
+        "preprocessing": {
+            k: v for k, v in vars(plan.network.prep).items() if k != "color_correlation"
+        },
+        "history": result.history,
+        "snapshots": [
+            {"step": s.step, "objective": s.objective, "terms": s.terms} for s in result.snapshots
+        ],
+        "initial": {"objective": result.initial.objective, "terms": result.initial.terms},
+        "final": {"objective": result.final.objective, "terms": result.final.terms},
+        "files": [*files, "run.json"],
+        "config": resolved,
+    }

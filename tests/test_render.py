@@ -1,0 +1,133 @@
+"""End to end: `fvis render` on a tiny model writes what it promises, reproducibly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import tiny_config
+from fvis.config import load_config
+
+
+def _render(cli, write_config, config: dict, *args: str, name: str = "cfg.yaml"):
+    path = write_config(config, name)
+    return cli("render", path, "--quiet", *args)
+
+
+def test_channel_objective_rises_on_a_random_net(cli, write_config, workdir) -> None:
+    """A random net responds weakly; the trained zoo model's test asks for much more."""
+    config = tiny_config(
+        hooks={"relu2": "3"},
+        objective={"kind": "channel", "layer": "relu2", "channel": 8},
+        optim={"steps": 48, "lr": 0.3},
+    )
+    result = _render(cli, write_config, config)
+    assert result.exit_code == 0, result.output
+    run = json.loads((workdir / "outputs/cfg/run.json").read_text())
+    before = run["initial"]["terms"]["channel(3, 8)"][0]
+    after = run["final"]["terms"]["channel(3, 8)"][0]
+    assert after > 1.2 * before > 0, (before, after)
+    assert run["status"] == "complete" and run["steps"] == 48
+    assert len(run["history"]) == 48
+
+
+def test_outputs_and_metadata(cli, write_config, workdir) -> None:
+    config = tiny_config(
+        param={"size": [24, 32], "batch": 3}, optim={"steps": 6, "thresholds": [2, 4]}
+    )
+    result = _render(cli, write_config, config)
+    assert result.exit_code == 0, result.output
+    run_dir = workdir / "outputs/cfg"
+    assert result.stdout.strip() == str(Path("outputs/cfg/grid.png"))
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.yaml",
+        "grid.png",
+        "image_0.png",
+        "image_1.png",
+        "image_2.png",
+        "run.json",
+    ]
+    assert Image.open(run_dir / "image_1.png").size == (32, 24)
+    grid = Image.open(run_dir / "grid.png")
+    # 3 rows of 4x-upscaled 24x32 images, 3 columns (steps 2, 4, 6), plus labels
+    assert grid.size == (40 + 3 * (128 + 2), 16 + 3 * (96 + 2))
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [s["step"] for s in run["snapshots"]] == [0, 2, 4, 6]
+    assert set(run["versions"]) == {"fvis", "torch", "torchvision", "python"}
+    assert run["device"] == "cpu" and run["seed"] == 0
+    assert run["seconds_per_step"] > 0
+    assert len(run["final"]["objective"]) == 3
+    assert run["config"]["param"]["batch"] == 3
+    # the resolved config is itself a valid config
+    assert load_config(run_dir / "config.yaml").config.param.size == (24, 32)
+
+
+def test_same_seed_same_bytes_other_seed_other_image(cli, write_config, workdir) -> None:
+    config = tiny_config(optim={"steps": 10}, param={"size": 24, "batch": 2})
+    for out in ("a", "b"):
+        assert _render(cli, write_config, config, "--out", out).exit_code == 0
+    assert _render(cli, write_config, {**config, "seed": 7}, "--out", "c").exit_code == 0
+    for name in ("grid.png", "image_0.png", "image_1.png"):
+        assert (workdir / "a" / name).read_bytes() == (workdir / "b" / name).read_bytes()
+    assert (workdir / "a/image_0.png").read_bytes() != (workdir / "c/image_0.png").read_bytes()
+
+
+def test_existing_run_folder_needs_force(cli, write_config, workdir) -> None:
+    config = tiny_config(optim={"steps": 2})
+    assert _render(cli, write_config, config).exit_code == 0
+    again = _render(cli, write_config, config)
+    assert again.exit_code == 2
+    assert "run folder exists; pass --force" in again.stderr
+    assert _render(cli, write_config, config, "--force").exit_code == 0
+
+
+def test_grayscale_model(cli, write_config, workdir) -> None:
+    config = tiny_config(
+        model={
+            "source": "factory",
+            "factory": "tinynets:convnet",
+            "kwargs": {"channels": 1},
+            "input": {"channels": 1},
+        },
+        param={"size": 24, "decorrelate": False},
+        optim={"steps": 3},
+    )
+    result = _render(cli, write_config, config)
+    assert result.exit_code == 0, result.output
+    assert Image.open(workdir / "outputs/cfg/image_0.png").mode == "L"
+
+
+def test_regularizers_are_subtracted(cli, write_config, workdir) -> None:
+    config = tiny_config(
+        regularizers=[{"kind": "total_variation", "weight": 0.01}], optim={"steps": 3}
+    )
+    assert _render(cli, write_config, config).exit_code == 0
+    run = json.loads((workdir / "outputs/cfg/run.json").read_text())
+    assert run["objective"] == "channel(2, 3) - 0.01 * total_variation(image)"
+    terms = run["final"]["terms"]
+    total = terms["channel(2, 3)"][0] - 0.01 * terms["total_variation(image)"][0]
+    assert abs(run["final"]["objective"][0] - total) < 1e-5
+
+
+def test_branching_model_and_batch_selection(cli, write_config, workdir) -> None:
+    config = tiny_config(
+        model={"source": "factory", "factory": "tinynets:branchy"},
+        hooks={},
+        objective={
+            "kind": "sum",
+            "terms": [
+                {"kind": "channel", "layer": "left", "channel": 1, "batch": 0},
+                {"kind": "neuron", "layer": "right", "channel": 2, "batch": [1], "weight": 2},
+            ],
+        },
+        param={"size": 16, "batch": 2},
+        optim={"steps": 4},
+    )
+    assert _render(cli, write_config, config).exit_code == 0
+    final = json.loads((workdir / "outputs/cfg/run.json").read_text())["final"]
+    assert final["terms"]["channel(left, 1)"][1] != 0  # terms are reported unmasked...
+    channel, neuron = final["terms"]["channel(left, 1)"], final["terms"]["neuron(right, 2)"]
+    assert abs(final["objective"][0] - channel[0]) < 1e-5  # ...the objective is masked
+    assert abs(final["objective"][1] - 2 * neuron[1]) < 1e-5
