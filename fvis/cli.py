@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fvis.config import Config, Loaded, load_config
-from fvis.errors import SpecError, UserError
+from fvis.errors import SpecError, Terminated, UserError
 
 app = typer.Typer(
     help="Feature visualization for PyTorch: render what a network's units respond to, "
@@ -94,25 +95,45 @@ def render(
     from fvis.render import render as run_render
     from fvis.writers import prepare_run_dir, write_run
 
-    with user_errors(loaded):
+    with user_errors(loaded), _sigterm_as_interrupt():
         plan = build_plan(cfg, config.parent)
         prepare_run_dir(run_dir, force)
-        result = _with_progress(plan, run_render, quiet)
+        with _progress(str(cfg.name), cfg.optim.steps, quiet) as report:
+            result = run_render(plan, report)
         write_run(run_dir, plan, result)
-    if not quiet:
-        final = result.final.objective
-        err.print(
-            f"{cfg.name}: {result.steps_done} steps in {result.seconds:.1f}s on {plan.device}, "
-            f"objective {result.initial.objective[0]:.4g} -> {final[0]:.4g}"
-            + (f" (item 0 of {len(final)})" if len(final) > 1 else "")
-        )
-    out.print(str(run_dir / "grid.png"))
+    final = result.final.objective
+    summary = (
+        f"{cfg.name}: {result.status}, {result.steps_done} steps in {result.seconds:.1f}s on "
+        f"{plan.device}, objective {result.initial.objective[0]:.4g} -> {final[0]:.4g}"
+        + (f" (item 0 of {len(final)})" if len(final) > 1 else "")
+    )
+    if not quiet or result.interrupted:
+        err.print(summary, markup=False)
+    out.print(str(run_dir / "grid.png"), markup=False)
+    if result.interrupted:
+        raise typer.Exit(getattr(result.interrupted, "exit_code", 130))
 
 
-def _with_progress(plan, run_render, quiet: bool):  # type: ignore[no-untyped-def]
-    """Run the render under a rich progress bar (step, objective, speed) unless quiet."""
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops a run like Ctrl-C does (raising `Terminated`)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _progress(name: str, steps: int, quiet: bool) -> Iterator[Callable[[int, float], None] | None]:
+    """A rich progress bar (step, objective, speed) on stderr, or nothing when quiet."""
     if quiet:
-        return run_render(plan)
+        yield None
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -131,21 +152,16 @@ def _with_progress(plan, run_render, quiet: bool):  # type: ignore[no-untyped-de
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(
-            str(plan.config.name), total=plan.config.optim.steps, score="-", rate=""
-        )
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task(name, total=steps, score="-", rate="")
 
-        def report(step: int, score: float | None) -> None:
+        def report(step: int, score: float) -> None:
             elapsed = bar.tasks[task].elapsed or 1e-9
             bar.update(
-                task,
-                completed=step,
-                score=f"{score:.4g}" if score is not None else "-",
-                rate=f"{step / elapsed:.1f} steps/s",
+                task, completed=step, score=f"{score:.4g}", rate=f"{step / elapsed:.1f} steps/s"
             )
 
-        return run_render(plan, report)
+        yield report
 
 
 @app.command()

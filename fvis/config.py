@@ -319,7 +319,9 @@ class PadTransform(Node):
 
     kind: Literal["pad"]
     pixels: int = Field(ge=0, le=512, description="Padding on each side.")
-    mode: Literal["constant", "reflect", "replicate"] = "constant"
+    mode: Literal["constant", "reflect", "replicate"] = Field(
+        "constant", description="How the border is filled (also used for pixels shifted in)."
+    )
     value: float = Field(0.5, ge=0, le=1, description="Fill value for mode: constant.")
 
 
@@ -334,8 +336,8 @@ class ScaleTransform(Node):
     """Random zoom drawn per batch item from [min, max]."""
 
     kind: Literal["scale"]
-    min: float = Field(0.9, gt=0, le=10)
-    max: float = Field(1.1, gt=0, le=10)
+    min: float = Field(0.9, gt=0, le=10, description="Smallest zoom factor.")
+    max: float = Field(1.1, gt=0, le=10, description="Largest zoom factor.")
 
     @model_validator(mode="after")
     def _ordered(self) -> ScaleTransform:
@@ -348,7 +350,7 @@ class RotateTransform(Node):
     """Random rotation drawn per batch item from [-degrees, degrees]."""
 
     kind: Literal["rotate"]
-    degrees: float = Field(10.0, ge=0, le=180)
+    degrees: float = Field(10.0, ge=0, le=180, description="Largest angle either way.")
 
 
 class StandardTransform(Node):

@@ -14,8 +14,8 @@ from fvis.hooks import IMAGE, Capture
 from fvis.objectives import Activations
 from fvis.relu import redirect_relus
 
-# (step, objective value or None when not synced this time) -> None
-Progress = Callable[[int, float | None], None]
+# (step, the step's mean objective) -> None; called a few times per second
+Progress = Callable[[int, float], None]
 REPORT_SECONDS = 0.25
 
 
@@ -37,6 +37,11 @@ class Result:
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps_done: int = 0
+    interrupted: KeyboardInterrupt | None = None
+
+    @property
+    def status(self) -> str:
+        return "interrupted" if self.interrupted else "complete"
 
     @property
     def initial(self) -> Snapshot:
@@ -52,7 +57,8 @@ def render(plan: Plan, progress: Progress | None = None) -> Result:
 
     Scores are maximized, so the loss is minus the sum of the per-item scores (summing keeps each
     item's gradient independent of the batch size). The step's score stays on the device and is
-    read back only when progress is reported, a few times per second.
+    read back only when progress is reported, a few times per second. An interrupt (Ctrl-C, or
+    SIGTERM raised as `Terminated`) ends the loop early with a snapshot of the last step.
     """
     optim = plan.config.optim
     snapshot_steps = set(optim.snapshot_steps())
@@ -64,27 +70,32 @@ def render(plan: Plan, progress: Progress | None = None) -> Result:
     model = plan.network.model
     with Capture(model, plan.objective.layers, plan.network) as capture:
         result.snapshots.append(_snapshot(plan, capture, 0, names))
-        for step in range(1, optim.steps + 1):
-            warm = step <= optim.redirected_relu
-            with redirect_relus(model) if warm else nullcontext():
-                image = plan.param()
-                acts = Activations(
-                    {**capture.run(plan.transforms(image, plan.streams)), IMAGE: image}
-                )
-                score = plan.objective(acts)
-                adam.zero_grad(set_to_none=True)
-                (-score.sum()).backward()
-            adam.step()
-            history[step - 1] = score.detach().mean()
-            if step in snapshot_steps:
-                result.snapshots.append(_snapshot(plan, capture, step, names))
-            now = time.perf_counter()
-            if progress and (now - last_report >= REPORT_SECONDS or step == optim.steps):
-                progress(step, float(history[step - 1]))
-                last_report = now
+        try:
+            for step in range(1, optim.steps + 1):
+                warm = step <= optim.redirected_relu
+                with redirect_relus(model) if warm else nullcontext():
+                    image = plan.param()
+                    acts = Activations(
+                        {**capture.run(plan.transforms(image, plan.streams)), IMAGE: image}
+                    )
+                    score = plan.objective(acts)
+                    adam.zero_grad(set_to_none=True)
+                    (-score.sum()).backward()
+                adam.step()
+                history[step - 1] = score.detach().mean()
+                result.steps_done = step
+                if step in snapshot_steps:
+                    result.snapshots.append(_snapshot(plan, capture, step, names))
+                now = time.perf_counter()
+                if progress and (now - last_report >= REPORT_SECONDS or step == optim.steps):
+                    progress(step, float(history[step - 1]))
+                    last_report = now
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what was rendered
+            result.interrupted = stop
+            if result.final.step != result.steps_done:
+                result.snapshots.append(_snapshot(plan, capture, result.steps_done, names))
     result.seconds = time.perf_counter() - start
-    result.steps_done = optim.steps
-    result.history = history.tolist()
+    result.history = history[: result.steps_done].tolist()
     return result
 
 

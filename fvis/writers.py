@@ -99,7 +99,7 @@ def grid(
     return sheet
 
 
-def write_run(run_dir: Path, plan: Plan, result: Result, status: str = "complete") -> list[str]:
+def write_run(run_dir: Path, plan: Plan, result: Result) -> list[str]:
     """grid.png, image_<i>.png per final image, config.yaml and run.json; returns file names."""
     snaps = result.snapshots[1:] or result.snapshots
     batch = snaps[0].images.shape[0]
@@ -115,7 +115,7 @@ def write_run(run_dir: Path, plan: Plan, result: Result, status: str = "complete
         files[f"image_{b}.png"] = png_bytes(to_pil(snaps[-1].images[b]))
     resolved = plan.config.model_dump(mode="json")
     files["config.yaml"] = yaml.safe_dump(resolved, sort_keys=False).encode()
-    files["run.json"] = to_json(_metadata(plan, result, status, resolved, sorted(files)))
+    files["run.json"] = to_json(_metadata(plan, result, resolved, sorted(files)))
     for name, data in files.items():
         write_atomic(run_dir / name, data)
     return list(files)
@@ -128,14 +128,14 @@ def to_json(data: Any) -> bytes:
 
 
 def _metadata(
-    plan: Plan, result: Result, status: str, resolved: dict[str, Any], files: list[str]
+    plan: Plan, result: Result, resolved: dict[str, Any], files: list[str]
 ) -> dict[str, Any]:
     import torchvision
 
     steps = max(result.steps_done, 1)
     return {
         "name": plan.config.name,
-        "status": status,
+        "status": result.status,
         "versions": {
             "fvis": fvis.__version__,
             "torch": torch.__version__,
