@@ -60,7 +60,9 @@ def test_registry_layers_are_modules_of_the_net(model: torch.nn.Module) -> None:
 
 def test_conv_blocks_end_in_relu(model: torch.nn.Module) -> None:
     seen: dict[str, torch.Tensor] = {}
-    handle = model.conv2.register_forward_hook(lambda _m, _i, out: seen.setdefault("out", out))
+    handle = model.get_submodule("conv2").register_forward_hook(
+        lambda _m, _i, out: seen.setdefault("out", out)
+    )
     model(torch.randn(1, 3, 64, 64))
     handle.remove()
     assert seen["out"].shape == (1, 32, 32, 32)

@@ -9,6 +9,7 @@ import torch
 
 from fvis.zoo.data import CLASSES, generate_class
 from fvis.zoo.quality import (
+    UNKNOWN,
     high_frequency_share,
     orientation_shares,
     recover_class,
@@ -117,6 +118,7 @@ def test_signature_keys() -> None:
         "red",
         "green",
         "blue",
+        "contrast",
         "orient_0",
         "orient_45",
         "orient_90",
@@ -128,6 +130,15 @@ def test_signature_keys() -> None:
         "high_frequency",
     }
     assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_flat_image_has_no_class() -> None:
+    assert recover_class(torch.full((3, 64, 64), 0.4)) == UNKNOWN
+
+
+def test_white_noise_has_no_class() -> None:
+    noise = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert recover_class(noise) == UNKNOWN
 
 
 def test_other_image_sizes_work() -> None:

@@ -25,7 +25,7 @@ def test_short_runs_are_byte_identical(tmp_path: Path) -> None:
     second = train(seed=3, steps=4, batch=20, heldout=50, out=tmp_path / "b.safetensors")
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert first["heldout_accuracy"] == second["heldout_accuracy"]
-    assert set(first["per_class_accuracy"]) == set(CLASSES)  # type: ignore[arg-type]
+    assert set(first["per_class_accuracy"]) == set(CLASSES)
     with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as handle:
         assert handle.metadata()["seed"] == "3"
 
@@ -35,10 +35,12 @@ def test_full_training_reproduces_shipped_weights(tmp_path: Path) -> None:
     out = tmp_path / "shapes.safetensors"
     metrics = train(seed=SHIPPED_SEED, out=out)
     print(f"\ntrained in {metrics['seconds']:.0f} s, held-out {metrics['heldout_accuracy']:.2%}")
-    assert metrics["heldout_accuracy"] >= 0.99  # type: ignore[operator]
+    assert metrics["heldout_accuracy"] >= 0.99
     if sha256_file(out) == MODELS["shapes"].sha256:
+        print("byte-identical to the shipped weights")
         return
+    print("not byte-identical (other CPU or torch version?): comparing accuracy")
     shipped = load_from(MODELS["shapes"], _shipped())
     images, labels = generate(2000, seed=SHIPPED_SEED + 1_000_000)
     shipped_accuracy, _ = evaluate(shipped, images, labels)
-    assert abs(metrics["heldout_accuracy"] - shipped_accuracy) <= 0.005  # type: ignore[operator]
+    assert abs(metrics["heldout_accuracy"] - shipped_accuracy) <= 0.005

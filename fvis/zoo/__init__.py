@@ -61,11 +61,11 @@ SHAPES = ZooModel(
     ),
     classes=CLASSES,
     layers=(
-        ("conv1", "Conv3x3(3->16)-BN-ReLU at 64x64: colours, edges (post-ReLU)"),
-        ("conv2", "Conv3x3(16->32)-BN-ReLU at 32x32: oriented edges, small blobs (post-ReLU)"),
-        ("conv3", "Conv3x3(32->64)-BN-ReLU at 16x16: gratings, corners, curves (post-ReLU)"),
-        ("conv4", "Conv3x3(64->64)-BN-ReLU at 8x8: class-level textures (post-ReLU)"),
-        ("logits", "Linear(64->10) on globally averaged conv4: class scores (pre-softmax)"),
+        ("conv1", "Conv3x3(3->16)-BN-ReLU, post-ReLU, 16x64x64, receptive field 3 px"),
+        ("conv2", "Conv3x3(16->32)-BN-ReLU, post-ReLU, 32x32x32, receptive field 8 px"),
+        ("conv3", "Conv3x3(32->64)-BN-ReLU, post-ReLU, 64x16x16, receptive field 18 px"),
+        ("conv4", "Conv3x3(64->64)-BN-ReLU, post-ReLU, 64x8x8, receptive field 38 px"),
+        ("logits", "Linear(64->10) on globally averaged conv4: class scores, pre-softmax"),
     ),
     input_size=(64, 64),
     value_range=(0.0, 1.0),
@@ -77,7 +77,7 @@ SHAPES = ZooModel(
         (0.5770, 0.1643, -0.0923),
     ),
     weights="shapes.safetensors",
-    sha256="0" * 64,
+    sha256="63581447988b1c384e60c62ca86dc22376f75fe16bc5d34ef185ed66f4d5688e",
     build=ShapesNet,
 )
 

@@ -264,8 +264,8 @@ def sample(n: int, generator: Generator) -> tuple[Tensor, Tensor]:
 def generate(n: int, seed: int, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """``n`` images ``[n, 3, 64, 64]`` in [0, 1] and int64 labels ``[n]``; same seed, same data.
 
-    Generation always runs on the CPU (bit-identical across machines' devices); the result is
-    then moved to ``device``.
+    Generation always runs on the CPU, so the data do not depend on ``device``; the result is
+    then moved there.
     """
     generator = torch.Generator().manual_seed(seed)
     images, labels = sample(n, generator)

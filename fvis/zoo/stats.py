@@ -11,8 +11,6 @@ from torch import Tensor
 
 from fvis.zoo.data import generate
 
-Matrix3 = tuple[tuple[float, float, float], ...]
-
 
 def _pixels(images: Tensor) -> Tensor:
     """All pixels of ``[N, 3, H, W]`` images as float64 rows ``[N*H*W, 3]``."""
