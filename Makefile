@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FVIS := $(VENV)/bin/fvis
 
-.PHONY: install test test-all lint render gallery clean
+.PHONY: install test test-all lint render gallery schema readme-images clean
 
 install:  ## a virtual environment with fvis and its dev tools
 	python3 -m venv $(VENV)
@@ -24,6 +24,15 @@ render:  ## the README's main command
 
 gallery:  ## every example config
 	for f in configs/*.yaml; do $(FVIS) render $$f --force --quiet || exit 1; done
+
+schema:  ## the JSON schema editors read (fvis.schema.json)
+	$(FVIS) schema > fvis.schema.json
+
+readme-images:  ## the grids shown in README.md
+	$(FVIS) render configs/quickstart.yaml --force --quiet
+	$(FVIS) render configs/classes.yaml --force --quiet
+	cp outputs/quickstart/grid.png docs/images/quickstart.png
+	cp outputs/classes/grid.png docs/images/classes.png
 
 clean:
 	rm -rf outputs/*/

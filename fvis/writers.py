@@ -25,6 +25,8 @@ from fvis.errors import UserError
 from fvis.render import Result
 
 NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+,\s*)*-?[\d.eE+-]+)\s*\]")
+UMASK = os.umask(0)
+os.umask(UMASK)
 LABEL_HEIGHT = 16
 LABEL_WIDTH = 40
 BACKGROUND = (255, 255, 255)
@@ -50,6 +52,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer.main
@@ -76,3 +77,15 @@ def test_python_dash_m() -> None:
         [sys.executable, "-m", "fvis", "--help"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and "render" in done.stdout
+
+
+def test_committed_schema_is_current() -> None:
+    """fvis.schema.json (what editors read) matches the code: regenerate with `make schema`."""
+    committed = json.loads((Path(__file__).parent.parent / "fvis.schema.json").read_text())
+    assert committed == Config.model_json_schema()
+
+
+def test_zoo_list(cli) -> None:
+    result = cli("zoo", "list")
+    assert result.exit_code == 0
+    assert "conv3" in result.stdout and "9 blue" in result.stdout

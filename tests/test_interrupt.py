@@ -26,7 +26,7 @@ def test_signal_mid_run_writes_partial_outputs(write_config, workdir: Path, sig,
     )
     time.sleep(8)  # imports, model build, then well into the loop
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     assert "cfg: interrupted" in stderr
