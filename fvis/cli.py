@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fvis.config import Config, Loaded, load_config
+from fvis.config import Config, Loaded, Source, load_config
 from fvis.errors import SpecError, Terminated, UserError
 
 app = typer.Typer(
@@ -57,12 +57,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def user_errors(loaded: Loaded | None = None) -> Iterator[None]:
-    """Report user mistakes as one-line errors with exit code 2, never as a traceback."""
+def user_errors(source: Source | None = None) -> Iterator[None]:
+    """Report user mistakes as one-line errors with exit code 2, never as a traceback.
+
+    `source` locates errors raised while building from a config (file, line, YAML path).
+    """
     try:
         yield
     except SpecError as exc:
-        fail(loaded.error(exc) if loaded else exc.message)
+        fail(source.error(exc) if source else exc.message)
     except UserError as exc:
         fail(str(exc))
 
@@ -95,7 +98,7 @@ def render(
     from fvis.render import render as run_render
     from fvis.writers import prepare_run_dir, write_run
 
-    with user_errors(loaded), _sigterm_as_interrupt():
+    with user_errors(loaded.source), _sigterm_as_interrupt():
         plan = build_plan(cfg, config.parent)
         prepare_run_dir(run_dir, force)
         with _progress(str(cfg.name), cfg.optim.steps, quiet) as report:
@@ -180,7 +183,7 @@ def validate(
     if deep:
         from fvis.build import build_plan
 
-        with user_errors(loaded):
+        with user_errors(loaded.source):
             build_plan(loaded.config, config.parent)
     out.print(f"{config}: ok")
 

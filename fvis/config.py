@@ -6,9 +6,10 @@ This module is torch-free so that `fvis validate`, `fvis schema` and `--help` st
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -23,6 +24,7 @@ from pydantic import (
 from fvis.errors import SpecError, UserError, YamlPath
 
 MAX_CONFIG_BYTES = 1_000_000
+M = TypeVar("M", bound=BaseModel)
 
 
 def _pair(value: Any) -> Any:
@@ -461,6 +463,10 @@ class Source:
                 return f"{self.path}:{self.lines[loc[:n]]}: {dotted}"
         return f"{self.path}: {dotted}"
 
+    def error(self, err: SpecError) -> str:
+        """One line for a build-time error at a YAML location."""
+        return f"{self.where(err.loc)}: {err.message}"
+
 
 @dataclass
 class Loaded:
@@ -468,10 +474,6 @@ class Loaded:
 
     config: Config
     source: Source
-
-    def error(self, err: SpecError) -> str:
-        """One line for a build-time error at a YAML location."""
-        return f"{self.source.where(err.loc)}: {err.message}"
 
 
 class ConfigError(UserError):
@@ -490,8 +492,16 @@ def dotted_path(loc: YamlPath) -> str:
     return out
 
 
-def load_config(path: Path, overrides: list[str] = ()) -> Loaded:
-    """Read, parse and validate a config file, applying `--set a.b=value` overrides."""
+def load_config(path: Path, overrides: Sequence[str] = ()) -> Loaded:
+    """Read, parse and validate a render config, applying `--set a.b=value` overrides."""
+    config, source = validate_file(path, Config, overrides)
+    if config.name is None:
+        config = config.model_copy(update={"name": _default_name(path)})
+    return Loaded(config, source)
+
+
+def validate_file(path: Path, schema: type[M], overrides: Sequence[str] = ()) -> tuple[M, Source]:
+    """Any YAML file validated against a schema; every error reported as `file:line: path: msg`."""
     source = Source(path)
     data = _read_yaml(path, source)
     for item in overrides:
@@ -499,12 +509,9 @@ def load_config(path: Path, overrides: list[str] = ()) -> Loaded:
         _apply_override(path, data, loc, value)
         source.overrides[loc] = item
     try:
-        config = Config.model_validate(data)
+        return schema.model_validate(data), source
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, data, source)) from None
-    if config.name is None:
-        config = config.model_copy(update={"name": _default_name(path)})
-    return Loaded(config, source)
 
 
 def _default_name(path: Path) -> str:
