@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from fvis import objectives as obj
-from fvis.config import (
-    ChannelObjective,
-    ClassLogitObjective,
-    Config,
-    L1Objective,
-    L2Objective,
-    LayerObjective,
-    NegObjective,
-    NeuronObjective,
-    ObjectiveNode,
-    SumObjective,
-    TotalVariationObjective,
-)
+from fvis.config import Config, ObjectiveNode
 from fvis.errors import SpecError, UserError, YamlPath
-from fvis.hooks import IMAGE, Capture, resolve_layer
+from fvis.hooks import IMAGE, Capture, resolve_layer, select
 from fvis.models import Network, build_network
+from fvis.objectives import Objective
+from fvis.objectives.compile import Context, compile_objective, layer_fields
 from fvis.params import ImageParam, build_param
 from fvis.transforms import Pipeline, build_transforms
 
@@ -38,10 +25,11 @@ class Plan:
     config: Config
     device: torch.device
     network: Network
-    objective: obj.Objective
+    objective: Objective
     param: ImageParam
     transforms: Pipeline
     streams: list[torch.Generator]
+    warnings: list[tuple[YamlPath, str]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,16 +81,7 @@ def build_plan(config: Config, base: Path) -> Plan:
             f"the image has {channels} channels, the model takes {prep.channels}",
         )
 
-    locs: dict[obj.Leaf, YamlPath] = {}
-
-    def layer(name: str, loc: YamlPath) -> str:
-        return resolve_layer(name, config.hooks, network.model, loc)
-
-    objective = compile_objective(config.objective, ("objective",), layer, locs, config)
-    for i, reg in enumerate(config.regularizers):
-        objective = objective - compile_objective(reg, ("regularizers", i), layer, locs, config)
-    _check_shapes(network, objective, locs, size, channels, device)
-
+    objective, warnings = _objective(config, network, base, size, channels, device)
     streams = streams_for(config.seed, list(range(config.param.batch)))
     try:
         param = build_param(config.param, size, channels, prep.color_correlation, streams)
@@ -116,81 +95,69 @@ def build_plan(config: Config, base: Path) -> Plan:
         param=param.to(device),
         transforms=build_transforms(config.transforms, size),
         streams=streams,
+        warnings=warnings,
     )
 
 
-# Each objective kind's builder: (config node, resolved layer path) -> leaf objective.
-LEAVES: dict[type, Callable[[Any, str], obj.Leaf]] = {
-    ChannelObjective: lambda n, p: obj.Channel(p, n.channel),
-    NeuronObjective: lambda n, p: obj.Neuron(p, n.channel, n.x, n.y),
-    LayerObjective: lambda n, p: obj.LayerMean(p),
-    ClassLogitObjective: lambda n, p: obj.ClassLogit(p, tuple(n.index)),
-    TotalVariationObjective: lambda n, p: obj.TotalVariation(p),
-    L1Objective: lambda n, p: obj.L1(p, n.constant),
-    L2Objective: lambda n, p: obj.L2(p, n.constant),
-}
-
-
-def compile_objective(
-    node: ObjectiveNode,
-    loc: YamlPath,
-    layer: Callable[[str, YamlPath], str],
-    locs: dict[obj.Leaf, YamlPath],
+def _objective(
     config: Config,
-) -> obj.Objective:
-    """The objective a config tree describes; records where each leaf came from in `locs`."""
-    result: obj.Objective
-    if isinstance(node, SumObjective):
-        result = obj.Sum(
-            tuple(
-                compile_objective(t, (*loc, "terms", i), layer, locs, config)
-                for i, t in enumerate(node.terms)
-            )
-        )
-    elif isinstance(node, NegObjective):
-        result = -compile_objective(node.term, (*loc, "term"), layer, locs, config)
-    else:
-        leaf = LEAVES[type(node)](node, layer(node.layer, (*loc, "layer")))  # type: ignore[attr-defined]
-        locs[leaf] = loc
-        result = leaf
-    if node.batch is not None:
-        outside = [b for b in node.batch if b >= config.param.batch]
-        if outside:
-            raise SpecError(
-                (*loc, "batch"),
-                f"batch item {outside[0]} does not exist: param.batch is {config.param.batch}",
-            )
-        result = obj.Masked(result, tuple(node.batch))
-    return result if node.weight == 1.0 else node.weight * result
-
-
-def _check_shapes(
     network: Network,
-    objective: obj.Objective,
-    locs: dict[obj.Leaf, YamlPath],
+    base: Path,
     size: tuple[int, int],
     channels: int,
     device: torch.device,
-) -> None:
-    """One dry forward at batch 1 to check every term against the shape of the layer it reads."""
-    probe = torch.full((1, channels, *size), 0.5, device=device)
+) -> tuple[Objective, list[tuple[YamlPath, str]]]:
+    """The objective minus the regularizers, every layer resolved and checked by shape."""
+    roots: list[tuple[YamlPath, ObjectiveNode]] = [(("objective",), config.objective)]
+    roots += [(("regularizers", i), reg) for i, reg in enumerate(config.regularizers)]
+    specs = {
+        loc: resolve_layer(name, config.hooks, network.model, loc)
+        for root_loc, root in roots
+        for loc, name in layer_fields(root, root_loc)
+    }
+    probe = _probe(
+        network, set(specs.values()), torch.full((1, channels, *size), 0.5, device=device)
+    )
+
+    def activation_of(path: Path, spec: str) -> torch.Tensor:
+        return _probe(network, {spec}, load_image(path, size, channels).to(device))[spec][0]
+
+    ctx = Context(specs, probe, base, config.param.batch, activation_of)
+    objective = compile_objective(config.objective, ("objective",), ctx)
+    for loc, reg in roots[1:]:
+        objective = objective - compile_objective(reg, loc, ctx)
+    return objective.to(device), ctx.warnings
+
+
+def _probe(network: Network, specs: set[str], image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tensor at every layer spec for one image (a dry forward, stopped early)."""
     try:
-        with torch.no_grad(), Capture(network.model, objective.layers, network) as capture:
-            tensors = {**capture.run(probe), IMAGE: probe}
+        with torch.no_grad(), Capture(network.model, specs, network) as capture:
+            outputs = {**capture.run(image), IMAGE: image}
     except RuntimeError as exc:
         text = str(exc).strip().splitlines()[0]
+        _, c, h, w = image.shape
         raise UserError(
-            f"the model fails on a {channels}x{size[0]}x{size[1]} image: {text} (check "
-            "param.size and model.input)"
+            f"the model fails on a {c}x{h}x{w} image: {text} (check param.size and model.input)"
         ) from None
-    for leaf, loc in locs.items():
-        value = tensors[leaf.layer]
-        if not isinstance(value, torch.Tensor):
-            raise SpecError(
-                (*loc, "layer"),
-                f"layer {leaf.layer!r} outputs a {type(value).__name__}, not a tensor",
-            )
+    probe = {}
+    for spec in specs:
         try:
-            leaf.check(tuple(value.shape))
-        except obj.TermError as exc:
-            raise SpecError((*loc, exc.field), f"{leaf.layer}: {exc}") from None
+            probe[spec] = select(outputs, spec)
+        except TypeError as exc:
+            raise UserError(str(exc)) from None
+    return probe
+
+
+def load_image(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
+    """An image file as [1, C, H, W] in [0, 1], resized to `size` (bilinear)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            mode = {1: "L", 3: "RGB"}.get(channels, "RGB")
+            pixels = image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            data = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{path}: not a readable image ({exc})") from None
+    return data.view(size[0], size[1], -1).permute(2, 0, 1)[None].float() / 255

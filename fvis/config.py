@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from fvis.errors import SpecError, UserError, YamlPath
+from fvis.expression import parse_expression
 
 MAX_CONFIG_BYTES = 1_000_000
 M = TypeVar("M", bound=BaseModel)
@@ -239,6 +240,177 @@ class L2Objective(ObjectiveNode):
     constant: float = Field(0.0, description="Value subtracted before taking the norm.")
 
 
+class L2MeanObjective(ObjectiveNode):
+    """Mean squared distance to a constant, per item (captum's L2Mean)."""
+
+    kind: Literal["l2_mean"]
+    layer: LayerName = "image"
+    constant: float = Field(0.0, description="Value subtracted before squaring.")
+
+
+class DeepDreamObjective(ObjectiveNode):
+    """DeepDream: mean of the squared activations of a layer."""
+
+    kind: Literal["deepdream"]
+    layer: LayerName
+
+
+class TensorFile(Node):
+    """A tensor from a file: .pt/.pth (weights_only), .npy or .safetensors."""
+
+    file: Path = Field(description="The file; relative paths are from the config's folder.")
+    key: str | None = Field(None, description="Entry to take from a dict or .safetensors file.")
+    index: int | None = Field(
+        None, ge=0, description="Row to take, e.g. one class's row of a classifier's weights."
+    )
+
+
+class RandomTensor(Node):
+    """A standard-normal random tensor from a seed, shaped to fit the layer."""
+
+    random: int = Field(ge=0, description="Seed.")
+    shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="Shape, where the layer does not determine it (tensor_direction)."
+    )
+
+
+class ImageTarget(Node):
+    """The activations an image produces at the layer (resized to the render's size)."""
+
+    image: Path = Field(description="Image file; relative paths are from the config's folder.")
+
+
+TensorSpec = Annotated[
+    list[Any] | TensorFile | RandomTensor,
+    Field(description="Inline numbers (nested lists), {file: ..., key: ...} or {random: SEED}."),
+]
+
+
+class DirectionalNode(ObjectiveNode):
+    """Fields shared by the direction family."""
+
+    layer: LayerName
+    vector: TensorSpec
+    transform: TensorSpec | None = Field(
+        None,
+        description="Matrix M [D, C] applied to activations and vector before comparing them, "
+        "e.g. Cov^-1/2 for a whitened inner product.",
+    )
+
+
+class DirectionObjective(DirectionalNode):
+    """Mean over positions of dot(a, v) * max(cos(a, v), floor)^cossim_pow (captum Direction)."""
+
+    kind: Literal["direction"]
+    cossim_pow: float = Field(0.0, ge=0, le=16, description="Power of the cosine factor.")
+    floor: float = Field(0.1, ge=0, le=1, description="Lower bound of the cosine factor.")
+
+
+class DotCossimObjective(DirectionalNode):
+    """lucid's dot x cosine^n with a floor on the cosine (anti-aligned never scores positive)."""
+
+    kind: Literal["dot_cossim"]
+    cossim_pow: float = Field(1.0, ge=0, le=16, description="Power of the cosine factor.")
+    floor: float = Field(0.1, ge=0, le=1, description="Lower bound of the cosine factor.")
+
+
+class CosineObjective(DirectionalNode):
+    """Mean over positions of the cosine similarity between activations and a direction."""
+
+    kind: Literal["cosine"]
+
+
+class NeuronDirectionObjective(DirectionalNode):
+    """dot(a, v) * max(cos, floor)^cossim_pow at one position (default the centre)."""
+
+    kind: Literal["neuron_direction"]
+    x: int | None = Field(None, ge=0, description="Column (token index on [B, T, C] layers).")
+    y: int | None = Field(None, ge=0, description="Row.")
+    cossim_pow: float = Field(0.0, ge=0, le=16, description="Power of the cosine factor.")
+    floor: float = Field(0.1, ge=0, le=1, description="Lower bound of the cosine factor.")
+
+
+class AngledNeuronDirectionObjective(DirectionalNode):
+    """dot(a, v) * max(cos, floor)^cossim_pow at one position, cossim_pow 4 by default."""
+
+    kind: Literal["angled_neuron_direction"]
+    x: int | None = Field(None, ge=0, description="Column (token index on [B, T, C] layers).")
+    y: int | None = Field(None, ge=0, description="Row.")
+    cossim_pow: float = Field(4.0, ge=0, le=16, description="Power of the cosine factor.")
+    floor: float = Field(0.1, ge=0, le=1, description="Lower bound of the cosine factor.")
+
+
+class DotOrthogonalObjective(DirectionalNode):
+    """dot(a, v/|v|) - penalty * |component of a orthogonal to v|, mean over positions."""
+
+    kind: Literal["dot_orthogonal_penalty"]
+    penalty: float = Field(1.0, ge=0, description="Weight of the orthogonal L2 penalty.")
+
+
+class VectorObjective(DirectionalNode):
+    """Mean over positions of relu(dot(a, v)) (captum VectorLoss)."""
+
+    kind: Literal["vector"]
+    relu: bool = Field(True, description="Apply a ReLU to the projection.")
+
+
+class TensorDirectionObjective(ObjectiveNode):
+    """dot x cosine^n of a [C, h, w] direction tensor with the centred window of a layer."""
+
+    kind: Literal["tensor_direction"]
+    layer: LayerName
+    tensor: TensorSpec
+    cossim_pow: float = Field(0.0, ge=0, le=16, description="Power of the cosine factor.")
+    floor: float = Field(0.1, ge=0, le=1, description="Lower bound of the cosine factor.")
+
+
+class ActivationWeightsObjective(ObjectiveNode):
+    """Mean over positions of sum_c w_c a_c; weights per channel [C] or per element."""
+
+    kind: Literal["activation_weights"]
+    layer: LayerName
+    weights: TensorSpec
+
+
+class FacetObjective(ObjectiveNode):
+    """Facet loss: a direction at a late layer plus facet weights on an earlier layer."""
+
+    kind: Literal["facet"]
+    layer: LayerName = Field(description="The earlier layer the facet weights apply to.")
+    ultimate: LayerName = Field(description="The late layer the direction lives in.")
+    vector: TensorSpec
+    weights: TensorSpec = Field(
+        description="Facet weights over the earlier layer, [C] or [C, H, W] (a probe's)."
+    )
+    strength: float = Field(1.0, description="Weight of the facet term.")
+
+
+class L2InversionObjective(ObjectiveNode):
+    """Feature inversion: minus the L2 distance to a target activation."""
+
+    kind: Literal["l2_inversion"]
+    layer: LayerName
+    target: TensorSpec | ImageTarget = Field(
+        description="The activation to reproduce: a tensor, or {image: FILE}."
+    )
+
+
+class DiversityObjective(ObjectiveNode):
+    """Minus the Gram-matrix cosine similarity with the other batch items."""
+
+    kind: Literal["diversity"]
+    layer: LayerName
+
+
+class AlignmentObjective(ObjectiveNode):
+    """Minus the squared activation difference with neighbouring batch items."""
+
+    kind: Literal["alignment"]
+    layer: LayerName
+    decay: float = Field(2.0, gt=0, description="Neighbours at distance d weigh decay^-d.")
+    distance: int = Field(4, ge=1, le=64, description="Farthest neighbour compared.")
+
+
 class SumObjective(ObjectiveNode):
     """Weighted sum of terms."""
 
@@ -253,24 +425,73 @@ class NegObjective(ObjectiveNode):
     term: Objective = Field(description="The negated term.")
 
 
+class ProductObjective(ObjectiveNode):
+    """Product of terms, item by item."""
+
+    kind: Literal["product"]
+    terms: list[Objective] = Field(min_length=2, description="The terms multiplied together.")
+
+
+class PowerObjective(ObjectiveNode):
+    """A term raised to a power."""
+
+    kind: Literal["power"]
+    term: Objective = Field(description="The base.")
+    exponent: float = Field(description="The exponent.")
+
+
+class InterpolateObjective(ObjectiveNode):
+    """Item b of B maximizes (1 - t) * start + t * end, t = b / (B - 1) (interpolation)."""
+
+    kind: Literal["interpolate"]
+    start: Objective = Field(description="The objective of the first item.")
+    end: Objective = Field(description="The objective of the last item.")
+
+
 Objective = Annotated[
     ChannelObjective
     | NeuronObjective
     | LayerObjective
     | ClassLogitObjective
+    | DeepDreamObjective
     | TotalVariationObjective
     | L1Objective
     | L2Objective
+    | L2MeanObjective
+    | DirectionObjective
+    | DotCossimObjective
+    | CosineObjective
+    | NeuronDirectionObjective
+    | AngledNeuronDirectionObjective
+    | DotOrthogonalObjective
+    | VectorObjective
+    | TensorDirectionObjective
+    | ActivationWeightsObjective
+    | FacetObjective
+    | L2InversionObjective
+    | DiversityObjective
+    | AlignmentObjective
     | SumObjective
-    | NegObjective,
+    | ProductObjective
+    | NegObjective
+    | PowerObjective
+    | InterpolateObjective,
     Field(discriminator="kind"),
+    BeforeValidator(parse_expression),
 ]
-SumObjective.model_rebuild()
-NegObjective.model_rebuild()
+for _node in (SumObjective, ProductObjective, NegObjective, PowerObjective, InterpolateObjective):
+    _node.model_rebuild()
+
+def objective_kinds() -> dict[str, type[ObjectiveNode]]:
+    """Every objective kind and its schema class, in the order of the union."""
+    members = get_args(get_args(Objective)[0])
+    return {get_args(m.model_fields["kind"].annotation)[0]: m for m in members}
+
 
 # Penalties allowed under `regularizers:`; each is subtracted from the objective with its weight.
 Regularizer = Annotated[
-    TotalVariationObjective | L1Objective | L2Objective, Field(discriminator="kind")
+    TotalVariationObjective | L1Objective | L2Objective | L2MeanObjective,
+    Field(discriminator="kind"),
 ]
 
 

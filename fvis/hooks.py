@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -14,16 +15,44 @@ from fvis.errors import SpecError, YamlPath
 
 IMAGE = "image"
 OUTPUT = "output"
+SELECTOR = re.compile(r"\[([^\[\]]+)\]")
+
+
+def split_layer(spec: str) -> tuple[str, tuple[int | str, ...]]:
+    """'blocks.3[0][attn]' -> ('blocks.3', (0, 'attn')): a module path and selectors that pick
+    one tensor out of a tuple, list or dict output."""
+    path, bracket, _ = spec.partition("[")
+    keys = SELECTOR.findall(spec[len(path) :]) if bracket else []
+    return path, tuple(int(k) if k.lstrip("-").isdigit() else k for k in keys)
+
+
+def select(outputs: dict[str, Any], spec: str) -> torch.Tensor:
+    """The tensor a layer spec names among captured module outputs."""
+    path, keys = split_layer(spec)
+    value = outputs[path]
+    for key in keys:
+        try:
+            value = value[key]
+        except (IndexError, KeyError, TypeError):
+            raise TypeError(
+                f"layer {spec!r}: cannot select [{key}] from {describe_shape(value)}"
+            ) from None
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"layer {spec!r} outputs {describe_shape(value)}, not a tensor; select one with "
+            f"[index] or [key], e.g. {path}[0]"
+        )
+    return value
 
 
 def resolve_layer(name: str, aliases: dict[str, str], model: nn.Module, loc: YamlPath) -> str:
-    """The module path a layer name means: an alias, a named_modules() path, 'image' or 'output'.
-
-    An unknown name answers with the closest valid names.
+    """The layer spec a name means: an alias, a named_modules() path (with optional selectors
+    like `[0]`), 'image' or 'output'. An unknown name answers with the closest valid names.
     """
-    path = aliases.get(name, name)
+    spec = aliases.get(name, name)
+    path = split_layer(spec)[0]
     if path in (IMAGE, OUTPUT):
-        return path
+        return spec
     if isinstance(model, torch.jit.ScriptModule):
         raise SpecError(
             loc,
@@ -32,7 +61,7 @@ def resolve_layer(name: str, aliases: dict[str, str], model: nn.Module, loc: Yam
         )
     names = [n for n, _ in model.named_modules() if n]
     if path in names:
-        return path
+        return spec
     if name in aliases:
         loc, name, candidates = ("hooks", name), path, names
     else:
@@ -49,19 +78,20 @@ class _Stop(Exception):
 class Capture:
     """Forward hooks on the needed modules only, removed on exit however the block ends.
 
-    Paths are `model`'s module paths; `forward` (default: `model`) is what `run` calls, e.g. the
-    model behind its preprocessing. `run(x)` returns {path: output}. Unless the model's output
+    Specs are layer specs of `model` (module paths, selectors ignored here); `forward` (default:
+    `model`) is what `run` calls, e.g. the model behind its preprocessing. `run(x)` returns
+    {module path: output}, to be read with `select`. Unless the model's output
     is needed, the pass stops right after the last needed module has run, so no work is spent
     on the layers above it. A module called several times in one pass is captured at its first
     call.
     """
 
     def __init__(
-        self, model: nn.Module, paths: Iterable[str], forward: nn.Module | None = None
+        self, model: nn.Module, specs: Iterable[str], forward: nn.Module | None = None
     ) -> None:
         self.model = model
         self.forward = forward or model
-        self.paths = {p for p in paths if p != IMAGE}
+        self.paths = {split_layer(s)[0] for s in specs} - {IMAGE}
         self.needs_output = OUTPUT in self.paths
         self.modules = self.paths - {OUTPUT}
         self.acts: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from fvis.relu import redirect_relus
 # (step, the step's mean objective) -> None; called a few times per second
 Progress = Callable[[int, float], None]
 REPORT_SECONDS = 0.25
+MAX_TRACE = 1_000_000
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Result:
     """What a render produced."""
 
     snapshots: list[Snapshot] = field(default_factory=list)
-    history: list[float] = field(default_factory=list)
+    trace_steps: list[int] = field(default_factory=list)
+    trace: dict[str, list[list[float]]] = field(default_factory=dict)
     seconds: float = 0.0
     steps_done: int = 0
     interrupted: KeyboardInterrupt | None = None
@@ -63,8 +65,12 @@ def render(plan: Plan, progress: Progress | None = None) -> Result:
     optim = plan.config.optim
     snapshot_steps = set(optim.snapshot_steps())
     adam = torch.optim.Adam(plan.param.parameters(), lr=optim.lr)
-    history = torch.zeros(optim.steps, device=plan.device)
-    result = Result()
+    leaves = list(plan.objective.leaves())
+    batch = plan.config.param.batch
+    logged = _logged_steps(optim.steps, (1 + len(leaves)) * batch)
+    row = {step: i for i, step in enumerate(logged)}
+    trace = torch.zeros(len(logged), 1 + len(leaves), batch, device=plan.device)
+    result = Result(trace_steps=logged)
     names = _term_names(plan)
     start = last_report = time.perf_counter()
     model = plan.network.model
@@ -82,21 +88,32 @@ def render(plan: Plan, progress: Progress | None = None) -> Result:
                     adam.zero_grad(set_to_none=True)
                     (-score.sum()).backward()
                 adam.step()
-                history[step - 1] = score.detach().mean()
+                if step in row:
+                    values = [score, *(acts.values[leaf] for leaf in leaves)]
+                    trace[row[step]] = torch.stack([v.detach().expand(batch) for v in values])
                 result.steps_done = step
                 if step in snapshot_steps:
                     result.snapshots.append(_snapshot(plan, capture, step, names))
                 now = time.perf_counter()
                 if progress and (now - last_report >= REPORT_SECONDS or step == optim.steps):
-                    progress(step, float(history[step - 1]))
+                    progress(step, float(score.detach().mean()))
                     last_report = now
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what was rendered
             result.interrupted = stop
             if result.final.step != result.steps_done:
                 result.snapshots.append(_snapshot(plan, capture, result.steps_done, names))
     result.seconds = time.perf_counter() - start
-    result.history = history[: result.steps_done].tolist()
+    done = sum(step <= result.steps_done for step in logged)
+    result.trace_steps = logged[:done]
+    result.trace = {name: trace[:done, i].tolist() for i, name in enumerate(["objective", *names])}
     return result
+
+
+def _logged_steps(steps: int, values_per_step: int) -> list[int]:
+    """The steps whose per-item term values are kept: every step, or evenly spaced ones so
+    that the trace holds at most MAX_TRACE values (the last step always included)."""
+    stride = max(1, -(-steps * values_per_step // MAX_TRACE))
+    return sorted({*range(stride, steps + 1, stride), steps})
 
 
 def _term_names(plan: Plan) -> list[str]:

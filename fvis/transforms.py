@@ -72,7 +72,8 @@ class Rotate(Geometric):
 
 
 class Pad:
-    """Pad every side; also decides how pixels from outside the image are filled later."""
+    """Pad every side: the canvas the later transforms move the image on (the pipeline crops
+    back to the original size at the end); also decides how pixels from outside are filled."""
 
     def __init__(self, pixels: int, mode: str, value: float) -> None:
         self.pixels, self.mode, self.value = pixels, mode, value
@@ -97,6 +98,12 @@ class Pipeline(nn.Module):
         ]
 
     def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+        """The transformed batch, cropped back to the input's size (centre) if padding grew it.
+
+        Keeping the size means every layer has the same shape in the optimization as on the
+        clean image, so objectives with spatial weights or targets fit both.
+        """
+        size = x.shape[-2:]
         run: list[Geometric] = []
         for step in self.steps:
             if isinstance(step, Geometric):
@@ -105,7 +112,9 @@ class Pipeline(nn.Module):
             x = self._resample(x, run, streams)
             run = []
             x = step(x)
-        return self._resample(x, run, streams)
+        x = self._resample(x, run, streams)
+        top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+        return x[..., top : top + size[0], left : left + size[1]]
 
     def _resample(self, x: torch.Tensor, run: list[Geometric], streams: Streams) -> torch.Tensor:
         if not run:

@@ -154,7 +154,11 @@ def _metadata(
         "preprocessing": {
             k: v for k, v in vars(plan.network.prep).items() if k != "color_correlation"
         },
-        "history": result.history,
+        "history": {
+            "steps": result.trace_steps,
+            "mean_objective": [sum(v) / len(v) for v in result.trace.get("objective", [])],
+            "per_item": result.trace,
+        },
         "snapshots": [
             {"step": s.step, "objective": s.objective, "terms": s.terms} for s in result.snapshots
         ],

@@ -48,6 +48,40 @@ TINY_NETS = textwrap.dedent(
         return Branchy()
 
 
+    class Tokens(nn.Module):
+        """A transformer-like net: patches -> tokens [B, T, C] -> a block returning a tuple."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(2)
+            self.patch = nn.Conv2d(3, 6, 4, stride=4)
+            self.block = TupleBlock()
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            tokens = self.patch(x).flatten(2).transpose(1, 2)  # [B, T, C]
+            tokens, _ = self.block(tokens)
+            return self.head(tokens.mean(1))
+
+
+    class TupleBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = nn.Linear(6, 6)
+
+        def forward(self, x):
+            y = torch.relu(self.mlp(x))
+            return y, {"attn": y.mean(-1)}
+
+
+    def tokens() -> nn.Module:
+        return Tokens()
+
+
+    def with_softmax() -> nn.Module:
+        return nn.Sequential(convnet(), nn.Softmax(dim=1))
+
+
     def not_a_module():
         return 42
     '''

@@ -30,7 +30,11 @@ def test_channel_objective_rises_on_a_random_net(cli, write_config, workdir) -> 
     after = run["final"]["terms"]["channel(3, 8)"][0]
     assert after > 1.2 * before > 0, (before, after)
     assert run["status"] == "complete" and run["steps"] == 48
-    assert len(run["history"]) == 48
+    history = run["history"]
+    assert history["steps"] == list(range(1, 49))
+    assert len(history["mean_objective"]) == 48
+    assert len(history["per_item"]["channel(3, 8)"]) == 48  # steps x items
+    assert len(history["per_item"]["channel(3, 8)"][0]) == 1
 
 
 def test_outputs_and_metadata(cli, write_config, workdir) -> None:

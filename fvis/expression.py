@@ -1,0 +1,259 @@
+"""Objective expressions: `"channel(conv3, 5) - 1e-4 * l1(conv2)"` parsed into the YAML tree.
+
+A small recursive-descent parser (never `eval`) that produces exactly the nodes a YAML objective
+tree would hold, so both spellings are validated and compiled by the same code:
+
+    expr    := term (("+" | "-") term)*
+    term    := unary (("*" | "/") unary)*
+    unary   := "-" unary | power
+    power   := atom (("^" | "**") unary)?
+    atom    := NUMBER | call | "(" expr ")"
+    call    := NAME "(" [arg ("," arg)*] ")"
+    arg     := [NAME "="] value
+    value   := NUMBER | NAME | STRING | "[" [value ("," value)*] "]" | expr-call
+               | file(STRING [, STRING]) | random(NUMBER) | image(STRING)
+
+Positional arguments follow each kind's order (`POSITIONAL`); `weight=` and `batch=` work in
+every call. Torch-free, like the config schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# The order of positional arguments of each objective kind.
+POSITIONAL: dict[str, tuple[str, ...]] = {
+    "channel": ("layer", "channel"),
+    "neuron": ("layer", "channel", "x", "y"),
+    "layer": ("layer",),
+    "class_logit": ("index", "layer"),
+    "deepdream": ("layer",),
+    "total_variation": ("layer",),
+    "l1": ("layer", "constant"),
+    "l2": ("layer", "constant"),
+    "l2_mean": ("layer", "constant"),
+    "direction": ("layer", "vector", "cossim_pow"),
+    "dot_cossim": ("layer", "vector", "cossim_pow", "floor"),
+    "cosine": ("layer", "vector"),
+    "neuron_direction": ("layer", "vector", "x", "y"),
+    "angled_neuron_direction": ("layer", "vector", "x", "y"),
+    "dot_orthogonal_penalty": ("layer", "vector", "penalty"),
+    "vector": ("layer", "vector"),
+    "tensor_direction": ("layer", "tensor"),
+    "activation_weights": ("layer", "weights"),
+    "facet": ("layer", "ultimate", "vector", "weights", "strength"),
+    "l2_inversion": ("layer", "target"),
+    "diversity": ("layer",),
+    "alignment": ("layer", "decay", "distance"),
+    "interpolate": ("start", "end"),
+}
+VALUE_CALLS = {"file", "random", "image"}
+
+TOKEN = re.compile(
+    r"\s*(?:(?P<number>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+    r"|(?P<name>[A-Za-z_][\w.]*)"
+    r"|(?P<string>'[^']*'|\"[^\"]*\")"
+    r"|(?P<op>\*\*|[-+*/^(),=\[\]]))"
+)
+
+
+class ExpressionError(ValueError):
+    """A syntax error in an objective expression, with its column."""
+
+
+@dataclass
+class Token:
+    kind: str
+    text: str
+    column: int
+
+
+def tokenize(text: str) -> list[Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        match = TOKEN.match(text, pos)
+        if not match:
+            rest = text[pos:].lstrip()
+            column = len(text) - len(rest) + 1
+            raise ExpressionError(f"unexpected {rest[0]!r} at column {column}")
+        kind = match.lastgroup or "op"
+        tokens.append(Token(kind, match.group(kind), match.start(kind) + 1))
+        pos = match.end()
+    tokens.append(Token("end", "", len(text) + 1))
+    return tokens
+
+
+def parse_expression(value: Any) -> Any:
+    """A string becomes the objective tree it spells; anything else passes through."""
+    if not isinstance(value, str):
+        return value
+    parser = _Parser(tokenize(value))
+    tree = parser.expr()
+    parser.expect("end")
+    if not isinstance(tree, dict):
+        raise ExpressionError(f"{value!r} is a number, not an objective")
+    return tree
+
+
+class _Parser:
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.i = 0
+
+    @property
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def take(self) -> Token:
+        token = self.tokens[self.i]
+        self.i += 1
+        return token
+
+    def accept(self, *ops: str) -> Token | None:
+        if self.peek.kind == "op" and self.peek.text in ops:
+            return self.take()
+        return None
+
+    def expect(self, kind: str, text: str | None = None) -> Token:
+        token = self.peek
+        if token.kind != kind or (text is not None and token.text != text):
+            wanted = repr(text) if text else ("the end" if kind == "end" else kind)
+            found = repr(token.text) if token.text else "the end"
+            raise ExpressionError(f"expected {wanted}, found {found} at column {token.column}")
+        return self.take()
+
+    def expr(self) -> Any:
+        out = self.term()
+        while op := self.accept("+", "-"):
+            right = self.term()
+            out = _add(out, _scale(right, -1.0) if op.text == "-" else right, op)
+        return out
+
+    def term(self) -> Any:
+        out = self.unary()
+        while op := self.accept("*", "/"):
+            right = self.unary()
+            if op.text == "/":
+                if isinstance(right, dict):
+                    raise ExpressionError(f"division by an objective at column {op.column}")
+                out = _scale(out, 1.0 / right) if isinstance(out, dict) else out / right
+            elif isinstance(out, dict) and isinstance(right, dict):
+                out = {"kind": "product", "terms": [out, right]}
+            elif isinstance(out, dict) or isinstance(right, dict):
+                node, factor = (out, right) if isinstance(out, dict) else (right, out)
+                out = _scale(node, factor)
+            else:
+                out = out * right
+        return out
+
+    def unary(self) -> Any:
+        if self.accept("-"):
+            inner = self.unary()
+            return _scale(inner, -1.0) if isinstance(inner, dict) else -inner
+        return self.power()
+
+    def power(self) -> Any:
+        base = self.atom()
+        if op := self.accept("^", "**"):
+            exponent = self.unary()
+            if isinstance(exponent, dict):
+                raise ExpressionError(f"the exponent must be a number at column {op.column}")
+            if isinstance(base, dict):
+                return {"kind": "power", "term": base, "exponent": exponent}
+            return base**exponent
+        return base
+
+    def atom(self) -> Any:
+        token = self.peek
+        if token.kind == "number":
+            return _number(self.take().text)
+        if self.accept("("):
+            inner = self.expr()
+            self.expect("op", ")")
+            return inner
+        if token.kind == "name":
+            return self.call()
+        raise ExpressionError(
+            f"expected an objective or a number, found {token.text or 'the end'!r} "
+            f"at column {token.column}"
+        )
+
+    def call(self) -> dict[str, Any]:
+        name = self.take()
+        if name.text not in POSITIONAL:
+            close = difflib.get_close_matches(name.text, list(POSITIONAL), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ExpressionError(f"unknown objective {name.text!r}{hint} (column {name.column})")
+        self.expect("op", "(")
+        node: dict[str, Any] = {"kind": name.text}
+        positional = iter(POSITIONAL[name.text])
+        while not self.accept(")"):
+            if len(node) > 1 and not self.accept(","):
+                found = repr(self.peek.text) if self.peek.text else "the end"
+                raise ExpressionError(
+                    f"expected ',' or ')', found {found} at column {self.peek.column}"
+                )
+            if self.peek.kind == "name" and self.tokens[self.i + 1].text == "=":
+                key = self.take().text
+                self.take()
+            else:
+                key = next(positional, None)
+                if key is None:
+                    raise ExpressionError(
+                        f"{name.text}() takes at most {len(POSITIONAL[name.text])} positional "
+                        f"arguments (column {self.peek.column})"
+                    )
+            node[key] = self.value()
+        return node
+
+    def value(self) -> Any:
+        token = self.peek
+        if token.kind == "string":
+            return self.take().text[1:-1]
+        if self.accept("["):
+            items = []
+            while not self.accept("]"):
+                if items:
+                    self.expect("op", ",")
+                items.append(self.value())
+            return items
+        if token.kind == "name" and self.tokens[self.i + 1].text != "(":
+            return self.take().text  # a bare word: a layer name
+        if token.kind == "name" and token.text in VALUE_CALLS:
+            return self.value_call()
+        return self.expr()
+
+    def value_call(self) -> dict[str, Any]:
+        name = self.take().text
+        self.expect("op", "(")
+        args = [self.value()]
+        while self.accept(","):
+            args.append(self.value())
+        self.expect("op", ")")
+        if name == "file":
+            return {"file": args[0], **({"key": args[1]} if len(args) > 1 else {})}
+        return {name: args[0]}
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.isdigit() else float(text)
+
+
+def _scale(node: Any, factor: float) -> Any:
+    if not isinstance(node, dict):
+        return node * factor
+    return {**node, "weight": node.get("weight", 1.0) * factor}
+
+
+def _add(left: Any, right: Any, op: Token) -> dict[str, Any]:
+    if not isinstance(left, dict) or not isinstance(right, dict):
+        raise ExpressionError(
+            f"a number alone is not an objective: cannot add it at column {op.column}"
+        )
+    terms = left["terms"] if left["kind"] == "sum" and set(left) == {"kind", "terms"} else [left]
+    return {"kind": "sum", "terms": [*terms, right]}

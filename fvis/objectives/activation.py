@@ -1,0 +1,212 @@
+"""Objectives on one layer's activations: channels, neurons, layers, logits and penalties.
+
+Layers may be convolutional [B, C, H, W], dense [B, C] or token [B, T, C] (transformers,
+channels last); `positions` brings all three to [B, C, N].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fvis.hooks import IMAGE
+from fvis.objectives.algebra import Leaf, TermError
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def positions(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, H*W]; [B, T, C] -> [B, C, T]; [B, C] -> [B, C, 1]."""
+    if x.dim() == 4:
+        return x.flatten(2)
+    if x.dim() == 3:
+        return x.transpose(1, 2)
+    if x.dim() == 2:
+        return x[:, :, None]
+    raise ValueError(f"expected a [B, C], [B, T, C] or [B, C, H, W] layer, got {list(x.shape)}")
+
+
+def channel_count(shape: Sequence[int], field: str = "layer") -> int:
+    """Channels of a layer shape: dim 1 for [B, C] and [B, C, H, W], the last for [B, T, C]."""
+    if len(shape) in (2, 4):
+        return shape[1]
+    if len(shape) == 3:
+        return shape[2]
+    raise TermError(field, f"expects a [B, C], [B, T, C] or [B, C, H, W] layer, got {list(shape)}")
+
+
+def check_channel(shape: Sequence[int], channel: int) -> None:
+    count = channel_count(shape)
+    if channel >= count:
+        raise TermError(
+            "channel",
+            f"channel {channel} is out of range: the layer has {count} channels (0..{count - 1})",
+        )
+
+
+@dataclass(eq=False)
+class Channel(Leaf):
+    """Mean activation of one channel over all positions: mean_p a[b, c, p]."""
+
+    layer: str
+    channel: int
+
+    def __post_init__(self) -> None:
+        self.name = f"channel({self.layer}, {self.channel})"
+
+    def check(self, shapes: Shapes) -> None:
+        check_channel(shapes[self.layer], self.channel)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return positions(x)[:, self.channel].mean(1)
+
+
+@dataclass(eq=False)
+class Neuron(Leaf):
+    """One channel at one position: a[b, c, y, x] (x = column, y = row), default the centre.
+
+    On token layers [B, T, C], x is the token index and y is not used.
+    """
+
+    layer: str
+    channel: int
+    x: int | None = None
+    y: int | None = None
+
+    def __post_init__(self) -> None:
+        where = "" if self.x is None and self.y is None else f", x={self.x}, y={self.y}"
+        self.name = f"neuron({self.layer}, {self.channel}{where})"
+
+    def check(self, shapes: Shapes) -> None:
+        shape = shapes[self.layer]
+        check_channel(shape, self.channel)
+        if len(shape) == 2:
+            raise TermError("layer", f"a neuron needs positions, the layer is {list(shape)}")
+        sizes = {"x": shape[3], "y": shape[2]} if len(shape) == 4 else {"x": shape[1]}
+        if len(shape) == 3 and self.y is not None:
+            raise TermError("y", "a token layer [B, T, C] has one position axis: use x")
+        for axis, size in sizes.items():
+            value = getattr(self, axis)
+            if value is not None and value >= size:
+                raise TermError(axis, f"{axis}={value} is outside the layer (size {size})")
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return x[:, x.shape[1] // 2 if self.x is None else self.x, self.channel]
+        h, w = x.shape[-2:]
+        row = h // 2 if self.y is None else self.y
+        col = w // 2 if self.x is None else self.x
+        return x[:, self.channel, row, col]
+
+
+@dataclass(eq=False)
+class LayerMean(Leaf):
+    """Mean activation over a whole layer (captum's LayerActivation): mean of a[b, ...]."""
+
+    layer: str
+
+    def __post_init__(self) -> None:
+        self.name = f"layer({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).mean(1)
+
+
+@dataclass(eq=False)
+class DeepDream(Leaf):
+    """DeepDream: mean of squared activations, mean a[b, ...]^2 (amplify whatever is there)."""
+
+    layer: str
+
+    def __post_init__(self) -> None:
+        self.name = f"deepdream({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).square().mean(1)
+
+
+@dataclass(eq=False)
+class ClassLogit(Leaf):
+    """Sum of class logits: sum_k z[b, k] over the chosen classes (logits, never softmax)."""
+
+    layer: str
+    indices: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self.name = f"class_logit({self.layer}, {','.join(map(str, self.indices))})"
+
+    def check(self, shapes: Shapes) -> None:
+        shape = shapes[self.layer]
+        if len(shape) != 2:
+            raise TermError("layer", f"expects a [B, classes] layer, got {list(shape)}")
+        bad = [i for i in self.indices if i >= shape[1]]
+        if bad:
+            raise TermError("index", f"class {bad[0]} is out of range: {shape[1]} classes")
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, list(self.indices)].sum(1)
+
+
+@dataclass(eq=False)
+class TotalVariation(Leaf):
+    """Total variation: sum |a[.., y+1, x] - a[.., y, x]| + |a[.., y, x+1] - a[.., y, x]|."""
+
+    layer: str = IMAGE
+
+    def __post_init__(self) -> None:
+        self.name = f"total_variation({self.layer})"
+
+    def check(self, shapes: Shapes) -> None:
+        if len(shapes[self.layer]) != 4:
+            raise TermError(
+                "layer", f"expects a [B, C, H, W] layer, got {list(shapes[self.layer])}"
+            )
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().flatten(1).sum(1)
+        dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().flatten(1).sum(1)
+        return dy + dx
+
+
+@dataclass(eq=False)
+class L1(Leaf):
+    """L1 norm: sum |a - constant| over each item."""
+
+    layer: str = IMAGE
+    constant: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.name = f"l1({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.constant).abs().flatten(1).sum(1)
+
+
+@dataclass(eq=False)
+class L2(Leaf):
+    """L2 norm: sqrt(sum (a - constant)^2 + 1e-12) over each item (epsilon keeps the gradient)."""
+
+    layer: str = IMAGE
+    constant: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.name = f"l2({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.constant).square().flatten(1).sum(1) + 1e-12).sqrt()
+
+
+@dataclass(eq=False)
+class L2Mean(Leaf):
+    """Mean squared distance to a constant: mean (a - constant)^2 over each item."""
+
+    layer: str = IMAGE
+    constant: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.name = f"l2_mean({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.constant).square().flatten(1).mean(1)

@@ -1,0 +1,287 @@
+"""The objective algebra: scores to maximize, one value per batch item, that compose like numbers.
+
+An objective reads captured activations (and the image) and returns a tensor of shape [B].
+`a + b`, `a - b`, `a * b`, `2 * a`, `a / 2`, `-a`, `a ** 2` build new objectives, as lucid's
+`Objective` does; every leaf keeps its name so a run can report each term. Objectives only ever
+return scores to maximize: the render loop is the one place that negates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fvis.hooks import select
+
+
+@dataclass
+class Activations:
+    """What one forward pass produced: outputs by module path, and each leaf's value (memo).
+
+    Indexing takes a layer spec: a module path, optionally followed by selectors into a tuple or
+    dict output (`blocks.3[0]`).
+    """
+
+    tensors: dict[str, object]
+    values: dict[Leaf, torch.Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, spec: str) -> torch.Tensor:
+        return select(self.tensors, spec)
+
+
+class TermError(ValueError):
+    """A term that does not fit the layer it reads; `field` names the offending config key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Objective:
+    """Base class: a named function of the activations returning one score per batch item."""
+
+    name: str
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        raise NotImplementedError
+
+    def leaves(self) -> Iterator[Leaf]:
+        """The named terms this objective is built from, each once."""
+        raise NotImplementedError
+
+    @property
+    def layers(self) -> set[str]:
+        """Every layer spec the objective reads: the hooks come from here."""
+        return {layer for leaf in self.leaves() for layer in leaf.reads}
+
+    def to(self, device: torch.device) -> Objective:
+        """Move the tensors the leaves hold (directions, weights, targets) to a device, once."""
+        for leaf in self.leaves():
+            for key, value in vars(leaf).items():
+                if isinstance(value, torch.Tensor):
+                    setattr(leaf, key, value.to(device))
+        return self
+
+    def __add__(self, other: Objective | float) -> Objective:
+        return Sum((self, _lift(other)))
+
+    def __radd__(self, other: float) -> Objective:
+        return Sum((_lift(other), self))
+
+    def __sub__(self, other: Objective | float) -> Objective:
+        return self + (-1.0) * _lift(other)
+
+    def __rsub__(self, other: float) -> Objective:
+        return _lift(other) + (-1.0) * self
+
+    def __mul__(self, other: Objective | float) -> Objective:
+        if isinstance(other, Objective):
+            return Product((self, other))
+        return Scaled(self, float(other))
+
+    def __rmul__(self, weight: float) -> Objective:
+        return Scaled(self, float(weight))
+
+    def __truediv__(self, divisor: float) -> Objective:
+        return Scaled(self, 1.0 / float(divisor))
+
+    def __neg__(self) -> Objective:
+        return Scaled(self, -1.0)
+
+    def __pow__(self, exponent: float) -> Objective:
+        return Power(self, float(exponent))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _lift(value: Objective | float) -> Objective:
+    return value if isinstance(value, Objective) else Constant(float(value))
+
+
+def _unique(terms: Sequence[Objective]) -> Iterator[Leaf]:
+    seen: set[int] = set()
+    for term in terms:
+        for leaf in term.leaves():
+            if id(leaf) not in seen:
+                seen.add(id(leaf))
+                yield leaf
+
+
+def _wrapped(term: Objective) -> str:
+    return f"({term.name})" if isinstance(term, (Sum, Product)) else term.name
+
+
+class Leaf(Objective):
+    """An objective computed directly from activations; its value is memoized per forward pass.
+
+    `reads` lists the layer specs it needs; `layer` is the main one (reported in errors).
+    """
+
+    layer: str
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        if self not in acts.values:
+            acts.values[self] = self.compute(acts)
+        return acts.values[self]
+
+    def compute(self, acts: Activations) -> torch.Tensor:
+        """The value from all activations; by default, `value` of the main layer."""
+        return self.value(acts[self.layer])
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Raise TermError if the shapes [B, ...] of the layers read do not fit this term."""
+
+    def leaves(self) -> Iterator[Leaf]:
+        yield self
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+@dataclass(eq=False)
+class Constant(Objective):
+    """A constant score (what `objective + 1.0` adds)."""
+
+    constant: float
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.constant:g}"
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        return torch.tensor(self.constant)
+
+    def leaves(self) -> Iterator[Leaf]:
+        return iter(())
+
+
+@dataclass(eq=False)
+class Sum(Objective):
+    """The sum of terms."""
+
+    terms: tuple[Objective, ...]
+
+    def __post_init__(self) -> None:
+        self.name = " + ".join(t.name for t in self.terms).replace("+ -", "- ")
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        total = self.terms[0](acts)
+        for term in self.terms[1:]:
+            total = total + term(acts)
+        return total
+
+    def leaves(self) -> Iterator[Leaf]:
+        return _unique(self.terms)
+
+
+@dataclass(eq=False)
+class Product(Objective):
+    """The product of terms, item by item."""
+
+    terms: tuple[Objective, ...]
+
+    def __post_init__(self) -> None:
+        self.name = " * ".join(_wrapped(t) for t in self.terms)
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        total = self.terms[0](acts)
+        for term in self.terms[1:]:
+            total = total * term(acts)
+        return total
+
+    def leaves(self) -> Iterator[Leaf]:
+        return _unique(self.terms)
+
+
+@dataclass(eq=False)
+class Scaled(Objective):
+    """A term times a scalar weight."""
+
+    term: Objective
+    weight: float
+
+    def __post_init__(self) -> None:
+        inner = _wrapped(self.term)
+        self.name = f"-{inner}" if self.weight == -1 else f"{self.weight:g} * {inner}"
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        return self.weight * self.term(acts)
+
+    def leaves(self) -> Iterator[Leaf]:
+        return self.term.leaves()
+
+
+@dataclass(eq=False)
+class Power(Objective):
+    """A term raised to a power, item by item (sign kept for odd powers, as torch.pow does)."""
+
+    term: Objective
+    exponent: float
+
+    def __post_init__(self) -> None:
+        self.name = f"{_wrapped(self.term)} ** {self.exponent:g}"
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        return self.term(acts).pow(self.exponent)
+
+    def leaves(self) -> Iterator[Leaf]:
+        return self.term.leaves()
+
+
+@dataclass(eq=False)
+class Masked(Objective):
+    """A term restricted to some batch items (0 for the others)."""
+
+    term: Objective
+    items: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self.name = f"{_wrapped(self.term)}[batch {','.join(map(str, self.items))}]"
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        value = self.term(acts)
+        mask = torch.zeros_like(value)
+        mask[list(self.items)] = 1.0
+        return value * mask
+
+    def leaves(self) -> Iterator[Leaf]:
+        return self.term.leaves()
+
+
+@dataclass(eq=False)
+class Interpolate(Objective):
+    """Item b of B optimizes (1 - t) * start + t * end with t = b / (B - 1).
+
+    ActivationInterpolation: the batch becomes a strip from one objective to another.
+    """
+
+    start: Objective
+    end: Objective
+
+    def __post_init__(self) -> None:
+        self.name = f"interpolate({self.start.name} -> {self.end.name})"
+
+    def __call__(self, acts: Activations) -> torch.Tensor:
+        a, b = self.start(acts), self.end(acts)
+        n = max(a.shape[0] if a.dim() else 1, b.shape[0] if b.dim() else 1)
+        t = (
+            torch.linspace(0.0, 1.0, n, device=a.device)
+            if n > 1
+            else torch.zeros(1, device=a.device)
+        )
+        return (1 - t) * a + t * b
+
+    def leaves(self) -> Iterator[Leaf]:
+        return _unique((self.start, self.end))

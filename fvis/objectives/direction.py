@@ -1,0 +1,301 @@
+"""Objectives along directions in activation space: dot products, cosines and their blends.
+
+From captum.optim (Direction, NeuronDirection, AngledNeuronDirection, TensorDirection,
+ActivationWeights, VectorLoss, FacetLoss) and lucid's research on objectives (cosine, dot times
+a floored cosine power, dot with an orthogonal penalty, L2 inversion, whitened comparisons).
+A direction `v` lives on the channel axis; with `transform` M, activations and direction are
+compared after mapping both by M (e.g. M = Cov^-1/2: a whitened inner product).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fvis.objectives.activation import Shapes, channel_count, positions
+from fvis.objectives.algebra import Activations, Leaf, TermError
+
+EPS = 1e-8
+
+
+def dot_cossim(a: torch.Tensor, v: torch.Tensor, power: float, floor: float) -> torch.Tensor:
+    """dot(a, v) * max(cos(a, v), floor)^power along dim 1 (power 0: the plain dot product).
+
+    The floor keeps the cosine factor positive, so an anti-aligned activation (negative dot)
+    stays negative instead of two negatives multiplying into a reward.
+    """
+    dot = torch.einsum("bc...,c->b...", a, v)
+    if power == 0:
+        return dot
+    cos = dot / (a.norm(dim=1) * v.norm() + EPS)
+    return dot * cos.clamp(min=floor).pow(power)
+
+
+def check_vector(shape: tuple[int, ...], v: torch.Tensor, transform: torch.Tensor | None) -> None:
+    """The direction must have one value per channel (of the transformed space, if any)."""
+    channels = channel_count(shape)
+    if transform is not None and transform.shape[1] != channels:
+        raise TermError(
+            "transform",
+            f"the transform is {list(transform.shape)}, the layer has {channels} channels",
+        )
+    expected = transform.shape[0] if transform is not None else channels
+    if v.shape != (expected,):
+        raise TermError(
+            "vector", f"the vector has shape {list(v.shape)}, the layer needs [{expected}]"
+        )
+
+
+@dataclass(eq=False)
+class _Directional(Leaf):
+    """Shared by the direction family: a layer, a vector, an optional linear transform."""
+
+    layer: str
+    vector: torch.Tensor
+    transform: torch.Tensor | None
+
+    def check(self, shapes: Shapes) -> None:
+        check_vector(shapes[self.layer], self.vector, self.transform)
+
+    def mapped(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations as [B, C, N], mapped by the transform if there is one."""
+        p = positions(x)
+        return p if self.transform is None else torch.einsum("dc,bcn->bdn", self.transform, p)
+
+    def direction(self) -> torch.Tensor:
+        return self.vector if self.transform is None else self.transform @ self.vector
+
+
+@dataclass(eq=False)
+class Direction(_Directional):
+    """Mean over positions of dot(a_p, v) * max(cos(a_p, v), floor)^cossim_pow."""
+
+    cossim_pow: float = 0.0
+    floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.name = f"direction({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return dot_cossim(self.mapped(x), self.direction(), self.cossim_pow, self.floor).mean(1)
+
+
+@dataclass(eq=False)
+class DotCossim(Direction):
+    """lucid's dot x cosine^n: like `direction`, with a cosine power of 1 by default."""
+
+    def __post_init__(self) -> None:
+        self.name = f"dot_cossim({self.layer})"
+
+
+@dataclass(eq=False)
+class Cosine(_Directional):
+    """Mean over positions of cos(a_p, v): the angle only, whatever the magnitude."""
+
+    def __post_init__(self) -> None:
+        self.name = f"cosine({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        a, v = self.mapped(x), self.direction()
+        cos = torch.einsum("bcn,c->bn", a, v) / (a.norm(dim=1) * v.norm() + EPS)
+        return cos.mean(1)
+
+
+@dataclass(eq=False)
+class NeuronDirection(_Directional):
+    """dot(a, v) * max(cos(a, v), floor)^cossim_pow at one position (default the centre)."""
+
+    x: int | None = None
+    y: int | None = None
+    cossim_pow: float = 0.0
+    floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.name = f"neuron_direction({self.layer})"
+
+    def check(self, shapes: Shapes) -> None:
+        super().check(shapes)
+        shape = shapes[self.layer]
+        if len(shape) == 2:
+            raise TermError("layer", f"a neuron needs positions, the layer is {list(shape)}")
+        sizes = {"x": shape[3], "y": shape[2]} if len(shape) == 4 else {"x": shape[1]}
+        for axis, size in sizes.items():
+            value = getattr(self, axis)
+            if value is not None and value >= size:
+                raise TermError(axis, f"{axis}={value} is outside the layer (size {size})")
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # tokens: [B, T, C]
+            a = x[:, x.shape[1] // 2 if self.x is None else self.x, :]
+        else:
+            h, w = x.shape[-2:]
+            a = x[:, :, h // 2 if self.y is None else self.y, w // 2 if self.x is None else self.x]
+        if self.transform is not None:
+            a = a @ self.transform.T
+        return dot_cossim(a, self.direction(), self.cossim_pow, self.floor)
+
+
+@dataclass(eq=False)
+class AngledNeuronDirection(NeuronDirection):
+    """NeuronDirection with a cosine power of 4 by default: rewards the angle strongly."""
+
+    def __post_init__(self) -> None:
+        self.name = f"angled_neuron_direction({self.layer})"
+
+
+@dataclass(eq=False)
+class DotOrthogonal(_Directional):
+    """Mean over positions of dot(a_p, v^) - penalty * ||a_p - dot(a_p, v^) v^||_2 (v^ = v/|v|).
+
+    Rewards moving along the direction and penalizes everything orthogonal to it.
+    """
+
+    penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.name = f"dot_orthogonal_penalty({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        a, v = self.mapped(x), self.direction()
+        unit = v / (v.norm() + EPS)
+        along = torch.einsum("bcn,c->bn", a, unit)
+        orthogonal = a - along[:, None, :] * unit[None, :, None]
+        return (along - self.penalty * orthogonal.norm(dim=1)).mean(1)
+
+
+@dataclass(eq=False)
+class VectorLoss(_Directional):
+    """Mean over positions of f(dot(a_p, v)), f = ReLU or identity: the activation of a
+    direction treated as a neuron of its own."""
+
+    relu: bool = True
+
+    def __post_init__(self) -> None:
+        self.name = f"vector({self.layer})"
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        dot = torch.einsum("bcn,c->bn", self.mapped(x), self.direction())
+        return (dot.clamp(min=0) if self.relu else dot).mean(1)
+
+
+def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
+@dataclass(eq=False)
+class TensorDirection(Leaf):
+    """dot(a, T) * max(cos(a, T), floor)^cossim_pow of a [C, h, w] direction tensor T with the
+    activations' centred h x w window, per item."""
+
+    layer: str
+    tensor: torch.Tensor
+    cossim_pow: float = 0.0
+    floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.name = f"tensor_direction({self.layer})"
+
+    def check(self, shapes: Shapes) -> None:
+        shape = shapes[self.layer]
+        if len(shape) != 4:
+            raise TermError("layer", f"expects a [B, C, H, W] layer, got {list(shape)}")
+        c, h, w = self.tensor.shape
+        if c != shape[1] or h > shape[2] or w > shape[3]:
+            raise TermError(
+                "tensor",
+                f"the tensor has shape {list(self.tensor.shape)}, the layer is {list(shape[1:])}"
+                " (channels must match, the window must fit)",
+            )
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        window = _center_crop(x, *self.tensor.shape[1:]).flatten(1)
+        return dot_cossim(window, self.tensor.flatten(), self.cossim_pow, self.floor)
+
+
+def _check_weights(shape: tuple[int, ...], weights: torch.Tensor, field: str) -> None:
+    channels = channel_count(shape)
+    if weights.shape not in ((channels,), tuple(shape[1:])):
+        raise TermError(
+            field,
+            f"the weights have shape {list(weights.shape)}, the layer needs [{channels}] "
+            f"or {list(shape[1:])}",
+        )
+
+
+def _weighted(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """mean over positions of sum over channels of w * a (w per channel or per element)."""
+    if weights.dim() == 1:
+        return torch.einsum("bcn,c->bn", positions(x), weights).mean(1)
+    return positions(x * weights).sum(1).mean(1)
+
+
+@dataclass(eq=False)
+class ActivationWeights(Leaf):
+    """Weighted activations: mean over positions of sum_c w_c a_c (w per channel, or per
+    element of the layer)."""
+
+    layer: str
+    weights: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.name = f"activation_weights({self.layer})"
+
+    def check(self, shapes: Shapes) -> None:
+        _check_weights(shapes[self.layer], self.weights, "weights")
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return _weighted(x, self.weights)
+
+
+@dataclass(eq=False)
+class Facet(Leaf):
+    """Facet loss (Goh et al. 2021): a direction at a late layer plus facet weights (e.g. a
+    linear probe's) on an earlier layer: mean_p dot(u_p, v) + strength * weighted(a, W)."""
+
+    layer: str
+    ultimate: str
+    vector: torch.Tensor
+    weights: torch.Tensor
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.name = f"facet({self.ultimate}, {self.layer})"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.layer, self.ultimate)
+
+    def check(self, shapes: Shapes) -> None:
+        check_vector(shapes[self.ultimate], self.vector, None)
+        _check_weights(shapes[self.layer], self.weights, "weights")
+
+    def compute(self, acts: Activations) -> torch.Tensor:
+        late = torch.einsum("bcn,c->bn", positions(acts[self.ultimate]), self.vector).mean(1)
+        return late + self.strength * _weighted(acts[self.layer], self.weights)
+
+
+@dataclass(eq=False)
+class L2Inversion(Leaf):
+    """Feature inversion: -||a - target||_2 per item, the target an activation to reproduce."""
+
+    layer: str
+    target: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.name = f"l2_inversion({self.layer})"
+
+    def check(self, shapes: Shapes) -> None:
+        shape = tuple(shapes[self.layer][1:])
+        if tuple(self.target.shape) not in (shape, (channel_count(shapes[self.layer]),)):
+            raise TermError(
+                "target",
+                f"the target has shape {list(self.target.shape)}, the layer is {list(shape)}",
+            )
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        target = self.target
+        if target.dim() == 1 and x.dim() > 2:  # one vector for every position
+            return -((positions(x) - target[None, :, None]).square().sum((1, 2)) + 1e-12).sqrt()
+        return -((x - target).square().flatten(1).sum(1) + 1e-12).sqrt()

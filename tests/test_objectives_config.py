@@ -1,0 +1,153 @@
+"""Objectives from config: vectors from files, shape errors, any layer layout, warnings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import tiny_config
+
+DOCS = Path(__file__).parent.parent / "docs" / "objectives.md"
+EXAMPLES = Path(__file__).parent.parent / "configs" / "objectives"
+
+
+def _direction(vector: object) -> dict:
+    return tiny_config(
+        objective={"kind": "direction", "layer": "conv2", "vector": vector}, optim={"steps": 2}
+    )
+
+
+@pytest.mark.parametrize("fmt", ["inline", "npy", "pt", "safetensors", "random"])
+def test_vectors_from_every_source(write_config, cli, workdir: Path, fmt: str) -> None:
+    v = torch.arange(16, dtype=torch.float32)
+    spec: object = v.tolist()
+    if fmt == "npy":
+        np.save(workdir / "v.npy", v.numpy())
+        spec = {"file": "v.npy"}
+    elif fmt == "pt":
+        torch.save({"dir": v, "other": v}, workdir / "v.pt")
+        spec = {"file": "v.pt", "key": "dir"}
+    elif fmt == "safetensors":
+        save_file({"rows": torch.stack([v, -v])}, str(workdir / "v.safetensors"))
+        spec = {"file": "v.safetensors", "index": 1}
+    elif fmt == "random":
+        spec = {"random": 3}
+    result = cli("render", write_config(_direction(spec)), "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_vector_shape_error_states_both_shapes(write_config, cli) -> None:
+    path = write_config(_direction([1.0, 2.0, 3.0]))
+    result = cli("render", path, "--quiet")
+    assert result.exit_code == 2
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "vector" in t)
+    assert result.stderr.strip() == (
+        f"{path}:{line}: objective.vector: 2: the vector has shape [3], the layer needs [16]"
+    )
+
+
+def test_file_errors_name_the_key(write_config, cli, workdir: Path) -> None:
+    torch.save({"a": torch.ones(16), "b": torch.ones(16)}, workdir / "two.pt")
+    result = cli("render", write_config(_direction({"file": "two.pt"})), "--quiet")
+    assert result.exit_code == 2
+    assert "objective.vector.key: " in result.stderr and "holds a, b: set key to one" in (
+        result.stderr
+    )
+
+
+def test_softmax_output_warns_and_says_where_to_point(write_config, cli) -> None:
+    config = tiny_config(
+        model={"source": "factory", "factory": "tinynets:with_softmax"},
+        hooks={},
+        objective={"kind": "class_logit", "index": 1},
+        optim={"steps": 2},
+    )
+    result = cli("render", write_config(config), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "warning: class_logit reads 'output', which outputs probabilities (softmax)" in (
+        result.stderr
+    )
+    assert "point `layer` at the module before the softmax" in result.stderr
+
+
+def test_token_layers_and_tuple_outputs(write_config, cli, workdir: Path) -> None:
+    config = tiny_config(
+        model={"source": "factory", "factory": "tinynets:tokens"},
+        hooks={"mlp": "block[0]", "attn": "block[1][attn]"},
+        objective="channel(mlp, 4) + neuron(mlp, 2, x=1) + layer(attn)",
+        param={"size": 16},
+        optim={"steps": 3},
+    )
+    result = cli("render", write_config(config), "--quiet")
+    assert result.exit_code == 0, result.output
+    terms = json.loads((workdir / "outputs/cfg/run.json").read_text())["final"]["terms"]
+    assert set(terms) == {
+        "channel(block[0], 4)",
+        "neuron(block[0], 2, x=1, y=None)",
+        "layer(block[1][attn])",
+    }
+
+
+def test_selecting_from_a_tuple_is_required(write_config, cli) -> None:
+    config = tiny_config(
+        model={"source": "factory", "factory": "tinynets:tokens"},
+        hooks={},
+        objective="channel(block, 1)",
+        param={"size": 16},
+    )
+    result = cli("render", write_config(config), "--quiet")
+    assert result.exit_code == 2
+    assert "layer 'block' outputs ([1, 16, 6], {attn: [1, 16]}), not a tensor; select one" in (
+        result.stderr
+    )
+
+
+def test_l2_inversion_moves_towards_the_target_image(cli, tmp_path: Path) -> None:
+    result = cli(
+        "render",
+        EXAMPLES / "l2_inversion.yaml",
+        "--quiet",
+        "--set",
+        "optim.steps=64",
+        "--out",
+        tmp_path / "run",
+    )
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run/run.json").read_text())
+    before, after = run["initial"]["objective"][0], run["final"]["objective"][0]
+    assert after > 0.5 * before  # minus a distance: it at least halves
+    assert after < 0
+
+
+def test_diversity_makes_a_batch_visibly_different(tmp_path: Path) -> None:
+    from fvis.build import build_plan
+    from fvis.config import load_config
+    from fvis.render import render
+
+    def spread(*overrides: str) -> float:
+        loaded = load_config(EXAMPLES / "diversity.yaml", ["optim.steps=96", *overrides])
+        images = render(build_plan(loaded.config, EXAMPLES)).final.images
+        pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+        return sum((images[i] - images[j]).abs().mean().item() for i, j in pairs) / len(pairs)
+
+    with_diversity, without = spread(), spread("objective=channel(conv3, 12)")
+    print(
+        f"\nmean pairwise pixel distance: {with_diversity:.3f} with diversity, {without:.3f} "
+        "without"
+    )
+    assert with_diversity > 1.2 * without
+
+
+def test_every_objective_has_an_example_in_the_docs() -> None:
+    from fvis.config import objective_kinds
+
+    docs = DOCS.read_text()
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        assert path.read_text() in docs, f"{path.name} is not shown verbatim in {DOCS.name}"
+    kinds = {path.stem for path in EXAMPLES.glob("*.yaml")}
+    assert set(objective_kinds()) <= kinds, set(objective_kinds()) - kinds
