@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FVIS := $(VENV)/bin/fvis
 
-.PHONY: install test test-all lint render gallery schema readme-images clean
+.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench
+.PHONY: regress regress-update regress-render
+.PHONY: parameterizations shapes-spectrum
 
 install:  ## a virtual environment with fvis and its dev tools
 	python3 -m venv $(VENV)
@@ -25,8 +27,26 @@ render:  ## the README's main command
 gallery:  ## every example config
 	for f in configs/*.yaml; do $(FVIS) render $$f --force --quiet || exit 1; done
 
+sweep-conv3:  ## every channel of the built-in model's conv3, 16 per optimization
+	$(FVIS) sweep configs/objectives/channel.yaml --over objective.channel=0:64 --out outputs/sweep-conv3
+
+sweep-classes:  ## every class of the built-in model
+	$(FVIS) sweep configs/quickstart.yaml --over objective.index=0:10 --out outputs/sweep-classes
+
+bench:  ## fvis vs torch-lucent vs the floor (installs the bench extra); writes benchmarks/results.md
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/bench.py
+
 schema:  ## the JSON schema editors read (fvis.schema.json)
 	$(FVIS) schema > fvis.schema.json
+
+parameterizations:  ## every parameterization and frequency cure on one objective (docs/parameterizations.md)
+	$(PY) -m fvis.zoo.parameterizations outputs/parameterizations docs/images/parameterizations.png
+
+shapes-spectrum:  ## MACO's magnitude template for the built-in model, from 500 dataset images
+	rm -rf outputs/shapes-samples
+	$(PY) -c "from fvis.zoo.parameterizations import write_samples; write_samples('outputs/shapes-samples', 500)"
+	$(FVIS) spectrum outputs/shapes-samples --size 64 -o configs/shapes.spectrum.safetensors
 
 readme-images:  ## the grids shown in README.md
 	$(FVIS) render configs/quickstart.yaml --force --quiet
@@ -36,3 +56,27 @@ readme-images:  ## the grids shown in README.md
 
 clean:
 	rm -rf outputs/*/
+
+REGRESS_CONFIGS := tests/regression/configs
+REGRESS_GOLDENS := tests/regression/goldens
+REGRESS_OUT := outputs/regression
+REGRESS_FLAGS ?=
+
+regress-render:  ## render every regression config into outputs/regression/<name>/
+	rm -rf $(REGRESS_OUT)
+	for f in $(REGRESS_CONFIGS)/*.yaml; do \
+	  $(FVIS) render $$f --out $(REGRESS_OUT)/$$(basename $$f .yaml) --force --quiet || exit 1; \
+	done
+
+regress: regress-render  ## render the regression configs and compare them with their goldens
+	$(FVIS) compare $(REGRESS_OUT) $(REGRESS_GOLDENS) $(REGRESS_FLAGS)
+
+regress-update: regress-render  ## after an intended change: show what changed, then keep the new renders as goldens
+	$(FVIS) compare $(REGRESS_OUT) $(REGRESS_GOLDENS) $(REGRESS_FLAGS) \
+	  || echo "regress-update: the differences above become the new goldens"
+	rm -rf $(REGRESS_GOLDENS)
+	for d in $(REGRESS_OUT)/*/; do \
+	  [ -f $$d/run.json ] || continue; \
+	  mkdir -p $(REGRESS_GOLDENS)/$$(basename $$d) || exit 1; \
+	  cp $$d/image_*.png $$d/run.json $(REGRESS_GOLDENS)/$$(basename $$d)/ || exit 1; \
+	done

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -13,6 +15,7 @@ from fvis.errors import SpecError, UserError, YamlPath
 from fvis.hooks import IMAGE, Capture, resolve_layer, select
 from fvis.models import Network, build_network
 from fvis.objectives import Objective
+from fvis.objectives.algebra import Masked, Sum
 from fvis.objectives.compile import Context, compile_objective, layer_fields
 from fvis.params import ImageParam, build_param
 from fvis.transforms import Pipeline, build_transforms
@@ -30,6 +33,7 @@ class Plan:
     transforms: Pipeline
     streams: list[torch.Generator]
     warnings: list[tuple[YamlPath, str]]
+    base: Path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,14 +68,25 @@ def streams_for(seed: int, keys: list[object]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(item_seed(seed, key)) for key in keys]
 
 
-def build_plan(config: Config, base: Path) -> Plan:
+class Item(Protocol):
+    """One image of a sweep: its own config (objective, seed) and a key naming it."""
+
+    key: str
+    config: Config
+
+
+def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
     """Model, objective, image parameterization and transforms, checked against each other.
 
-    `base` is the config's folder, against which relative model paths resolve.
+    `base` is the config's folder, against which relative model paths resolve. With `items`
+    (a sweep), batch item i optimizes item i's objective with a random stream keyed by the
+    item, so it renders the same in any batch, at any position.
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # random-init models (weights: null) build reproducibly
     network = build_network(config.model, base).to(device)
+    if config.optim.channels_last:
+        network = network.to(memory_format=torch.channels_last)
     prep = network.prep
     size = config.param.size or prep.size
     channels = config.param.channels or prep.channels
@@ -81,21 +96,47 @@ def build_plan(config: Config, base: Path) -> Plan:
             f"the image has {channels} channels, the model takes {prep.channels}",
         )
 
-    objective, warnings = _objective(config, network, base, size, channels, device)
-    streams = streams_for(config.seed, list(range(config.param.batch)))
+    if items:
+        config = config.model_copy(
+            update={"param": config.param.model_copy(update={"batch": len(items)})}
+        )
+        parts = [_objective(item.config, network, base, size, channels, device) for item in items]
+        objective: Objective = Sum(tuple(Masked(part, (i,)) for i, (part, _) in enumerate(parts)))
+        warnings = [w for _, found in parts for w in found]
+        streams = [streams_for(item.config.seed, [item.key])[0] for item in items]
+    else:
+        objective, warnings = _objective(config, network, base, size, channels, device)
+        streams = streams_for(config.seed, list(range(config.param.batch)))
     try:
-        param = build_param(config.param, size, channels, prep.color_correlation, streams)
+        param = build_param(
+            config.param,
+            size,
+            channels,
+            prep.color_correlation,
+            streams,
+            base=base,
+            optim=config.optim,
+            transparency=config.output.transparency,
+        )
     except ValueError as exc:
         raise SpecError(("param", "decorrelate"), str(exc)) from None
+    if config.optim.precision != "fp32" and device.type != "cuda":
+        warnings.append(
+            (
+                ("optim", "precision"),
+                f"{config.optim.precision} applies on CUDA only; {device} runs in fp32",
+            )
+        )
     return Plan(
         config=config,
         device=device,
         network=network,
         objective=objective,
         param=param.to(device),
-        transforms=build_transforms(config.transforms, size),
+        transforms=build_transforms(config.transforms, size, alpha=config.param.alpha),
         streams=streams,
         warnings=warnings,
+        base=base,
     )
 
 
@@ -137,9 +178,12 @@ def _probe(network: Network, specs: set[str], image: torch.Tensor) -> dict[str, 
     except RuntimeError as exc:
         text = str(exc).strip().splitlines()[0]
         _, c, h, w = image.shape
-        raise UserError(
-            f"the model fails on a {c}x{h}x{w} image: {text} (check param.size and model.input)"
-        ) from None
+        hint = (
+            "try a smaller param.size, or device: cpu"
+            if isinstance(exc, torch.OutOfMemoryError)
+            else "check param.size and model.input"
+        )
+        raise UserError(f"the model fails on a {c}x{h}x{w} image: {text} ({hint})") from None
     probe = {}
     for spec in specs:
         try:

@@ -25,6 +25,7 @@ from fvis.errors import SpecError, UserError, YamlPath
 from fvis.expression import parse_expression
 
 MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_NODES = 100_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -222,6 +223,14 @@ class TotalVariationObjective(ObjectiveNode):
 
     kind: Literal["total_variation"]
     layer: LayerName = "image"
+
+
+class BlurObjective(ObjectiveNode):
+    """High-frequency energy: sum of (a - Gaussian blur of a)^2, per item (a frequency penalty)."""
+
+    kind: Literal["blur"]
+    layer: LayerName = "image"
+    sigma: float = Field(1.0, gt=0, le=64, description="Blur sigma in pixels.")
 
 
 class L1Objective(ObjectiveNode):
@@ -455,6 +464,7 @@ Objective = Annotated[
     | ClassLogitObjective
     | DeepDreamObjective
     | TotalVariationObjective
+    | BlurObjective
     | L1Objective
     | L2Objective
     | L2MeanObjective
@@ -482,6 +492,7 @@ Objective = Annotated[
 for _node in (SumObjective, ProductObjective, NegObjective, PowerObjective, InterpolateObjective):
     _node.model_rebuild()
 
+
 def objective_kinds() -> dict[str, type[ObjectiveNode]]:
     """Every objective kind and its schema class, in the order of the union."""
     members = get_args(get_args(Objective)[0])
@@ -490,7 +501,7 @@ def objective_kinds() -> dict[str, type[ObjectiveNode]]:
 
 # Penalties allowed under `regularizers:`; each is subtracted from the objective with its weight.
 Regularizer = Annotated[
-    TotalVariationObjective | L1Objective | L2Objective | L2MeanObjective,
+    TotalVariationObjective | BlurObjective | L1Objective | L2Objective | L2MeanObjective,
     Field(discriminator="kind"),
 ]
 
@@ -516,7 +527,39 @@ class ParamNode(Node):
     squash: Literal["sigmoid", "clamp"] = Field(
         "sigmoid", description="How values are mapped to the valid [0, 1] range."
     )
-    sd: float = Field(0.01, gt=0, le=10, description="Standard deviation of the random init.")
+    sd: float = Field(
+        0.01,
+        gt=0,
+        le=10,
+        description="Standard deviation of the random init (pixel, fft, laplacian, lowres; "
+        "cppn draws its weights, maco its phases).",
+    )
+    init: Path | None = Field(
+        None,
+        description="Start from this image instead of noise (DeepDream on a photo); relative "
+        "to the config's folder. For cppn also a run's cppn.safetensors (continue its CPPN, "
+        "e.g. at another param.size). See docs/parameterizations.md for how each kind fits it.",
+    )
+    shared: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Weight of a component common to the whole batch: item b uses the "
+        "parameters (1 - shared) * own_b + shared * common, so the images of an interpolation "
+        "stay aligned; 0: independent items.",
+    )
+    alpha: bool = Field(
+        False,
+        description="Also learn an alpha (opacity) channel: composited over random backgrounds "
+        "(per item) while optimizing, written as RGBA PNGs.",
+    )
+    alpha_penalty: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="With alpha: weight of the mean opacity, subtracted from each item's score "
+        "(regions that do not help the objective become transparent).",
+    )
 
 
 class PixelParam(ParamNode):
@@ -534,7 +577,60 @@ class FFTParam(ParamNode):
     )
 
 
-Param = Annotated[PixelParam | FFTParam, Field(discriminator="kind"), _default_tag("kind", "fft")]
+class LaplacianParam(ParamNode):
+    """A Laplacian pyramid of learnable levels, each half the size of the one before, summed
+    after upsampling: coarse structure and fine detail move at the same pace."""
+
+    kind: Literal["laplacian"]
+    levels: int = Field(4, ge=1, le=12, description="Number of pyramid levels (full size first).")
+
+
+class LowResParam(ParamNode):
+    """Learned at a lower resolution and upsampled: no detail finer than the factor."""
+
+    kind: Literal["lowres"]
+    factor: int = Field(4, ge=1, le=64, description="Downscaling factor of the learned image.")
+    mode: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="Upsampling: bilinear, or bicubic (smoother, may overshoot)."
+    )
+
+
+class CPPNParam(ParamNode):
+    """A compositional pattern-producing network over (x, y): resolution-free, renders at any
+    size (`fvis cppn RUN/cppn.safetensors --size N`)."""
+
+    kind: Literal["cppn"]
+    width: int = Field(24, ge=2, le=256, description="Units per hidden layer.")
+    depth: int = Field(8, ge=1, le=32, description="Number of hidden layers.")
+
+
+class MacoParam(ParamNode):
+    """Magnitude-constrained optimization (Fel et al. 2023): the Fourier magnitude is fixed to a
+    template, only the phase (and the mean colour) is learned."""
+
+    kind: Literal["maco"]
+    decay: float = Field(
+        1.0, ge=0, le=4, description="Magnitude template 1/f^decay (without a spectrum file)."
+    )
+    spectrum: Path | None = Field(
+        None,
+        description="Magnitude template from `fvis spectrum FOLDER -o FILE` (.safetensors); "
+        "default: the init image's own spectrum with init, the 1/f^decay power law without.",
+    )
+    contrast: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Per-pixel standard deviation the template gives the image before colours "
+        "and squash (not used for the init image's own spectrum).",
+    )
+
+
+Param = Annotated[
+    PixelParam | FFTParam | LaplacianParam | LowResParam | CPPNParam | MacoParam,
+    Field(discriminator="kind"),
+    _default_tag("kind", "fft"),
+]
 
 
 class PadTransform(Node):
@@ -582,8 +678,50 @@ class StandardTransform(Node):
     kind: Literal["standard"]
 
 
+def _span(value: Any) -> Any:
+    """Accept `1.5` as shorthand for `[1.5, 1.5]`."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return [value, value] if number else value
+
+
+class BlurTransform(Node):
+    """Gaussian blur, sigma drawn per item from [min, max], applied with probability p per item
+    and step: a frequency penalty that high-frequency patterns cannot survive."""
+
+    kind: Literal["blur"]
+    sigma: Annotated[
+        tuple[Annotated[float, Field(ge=0, le=64)], Annotated[float, Field(ge=0, le=64)]],
+        BeforeValidator(_span),
+    ] = Field((1.0, 1.0), description="Blur sigma in pixels, or [min, max] drawn per item.")
+    p: float = Field(1.0, ge=0, le=1, description="Probability of blurring an item at a step.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BlurTransform:
+        if self.sigma[0] > self.sigma[1]:
+            raise ValueError(f"sigma: min ({self.sigma[0]}) must not exceed max ({self.sigma[1]})")
+        return self
+
+
+class BilateralTransform(Node):
+    """Edge-preserving bilateral filter, applied with probability p per item and step: smooths
+    noise within regions, keeps the edges between them."""
+
+    kind: Literal["bilateral"]
+    sigma_space: float = Field(1.5, gt=0, le=16, description="Spatial sigma in pixels.")
+    sigma_color: float = Field(
+        0.1, gt=0, le=10, description="Colour sigma (values in [0, 1]): larger smooths edges too."
+    )
+    p: float = Field(1.0, ge=0, le=1, description="Probability of filtering an item at a step.")
+
+
 Transform = Annotated[
-    PadTransform | JitterTransform | ScaleTransform | RotateTransform | StandardTransform,
+    PadTransform
+    | JitterTransform
+    | ScaleTransform
+    | RotateTransform
+    | StandardTransform
+    | BlurTransform
+    | BilateralTransform,
     Field(discriminator="kind"),
 ]
 
@@ -604,6 +742,31 @@ class OptimSpec(Node):
         ge=0,
         description="Warm-up steps during which gradients pass through inactive nn.ReLU units "
         "that they would switch on (avoids grey, empty renders); 0 disables.",
+    )
+    grad_blur: float = Field(
+        0.0,
+        ge=0,
+        le=64,
+        description="Gradient preconditioning: Gaussian-blur the image gradient with this sigma "
+        "(pixels) before each step; 0: off.",
+    )
+    grad_pyramid: int = Field(
+        0,
+        ge=0,
+        le=12,
+        description="Gradient preconditioning: normalize each level of a Laplacian pyramid of "
+        "the image gradient (this many levels) before each step; 0: off.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Autocast the network to bf16 or fp16 on CUDA (elsewhere fp32 is kept, "
+        "with a warning); the image and its optimizer stay fp32.",
+    )
+    channels_last: bool = Field(
+        False, description="Run the network in channels-last memory format."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the network (slow first steps, then faster on GPUs)."
     )
 
     @model_validator(mode="after")
@@ -626,6 +789,11 @@ class OutputSpec(Node):
     dir: Path = Field(Path("outputs"), description="Folder holding one folder per run name.")
     cell: int = Field(
         128, ge=16, le=2048, description="Smallest grid cell in pixels (nearest upscaling)."
+    )
+    transparency: bool = Field(
+        False,
+        description="Also write transparency_<i>.png: each final image with an opacity map from "
+        "the absolute image gradients accumulated over the optimization (MACO's attribution).",
     )
 
 
@@ -753,6 +921,11 @@ def _read_yaml(path: Path, source: Source) -> dict[str, Any]:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}, set()) > MAX_CONFIG_NODES:
+            raise UserError(
+                f"{path}: expands to more than {MAX_CONFIG_NODES} values (YAML anchors and "
+                "aliases)"
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -765,6 +938,26 @@ def _read_yaml(path: Path, source: Source) -> dict[str, Any]:
         raise UserError(f"{path}:1: the top level must be a mapping, not {type(data).__name__}")
     _record_lines(node, (), source.lines)
     return data
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], stack: set[int]) -> int:
+    """How many values a YAML node stands for once every alias is expanded (memoized, so a
+    "billion laughs" file is measured without being expanded)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in stack:
+        return MAX_CONFIG_NODES + 1  # a recursive alias never ends
+    stack.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    size = 1 + sum(_expanded_size(child, sizes, stack) for child in children)
+    stack.discard(key)
+    sizes[key] = size
+    return size
 
 
 def _record_lines(node: yaml.Node, loc: YamlPath, lines: dict[YamlPath, int]) -> None:

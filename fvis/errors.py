@@ -18,9 +18,3 @@ class SpecError(UserError):
         super().__init__(message)
         self.loc = loc
         self.message = message
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that a run stops cleanly and keeps what it rendered."""
-
-    exit_code = 143

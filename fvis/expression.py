@@ -32,6 +32,7 @@ POSITIONAL: dict[str, tuple[str, ...]] = {
     "class_logit": ("index", "layer"),
     "deepdream": ("layer",),
     "total_variation": ("layer",),
+    "blur": ("layer", "sigma"),
     "l1": ("layer", "constant"),
     "l2": ("layer", "constant"),
     "l2_mean": ("layer", "constant"),

@@ -90,7 +90,7 @@ class Capture:
         self, model: nn.Module, specs: Iterable[str], forward: nn.Module | None = None
     ) -> None:
         self.model = model
-        self.forward = forward or model
+        self.forward = model if forward is None else forward
         self.paths = {split_layer(s)[0] for s in specs} - {IMAGE}
         self.needs_output = OUTPUT in self.paths
         self.modules = self.paths - {OUTPUT}

@@ -334,5 +334,6 @@ def _few(items: list[str], n: int = 5) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's can run to a paragraph)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__

@@ -1,4 +1,11 @@
-"""The optimization loop: maximize the objective over the image parameters, keep snapshots."""
+"""The optimization loop: maximize the objective over the image parameters, keep snapshots.
+
+A run can stop three ways before its last step, and keeps what it rendered in each: a stop
+request (Ctrl-C or SIGTERM, honoured between two steps so the state stays consistent), a
+non-finite objective term (the run fails, naming the term and the step, with the last finite
+snapshot kept), or a crash of the process, after which `--resume` continues from the last
+checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -32,18 +40,24 @@ class Snapshot:
 
 @dataclass
 class Result:
-    """What a render produced."""
+    """What a render produced (so far)."""
 
     snapshots: list[Snapshot] = field(default_factory=list)
     trace_steps: list[int] = field(default_factory=list)
     trace: dict[str, list[list[float]]] = field(default_factory=dict)
     seconds: float = 0.0
     steps_done: int = 0
-    interrupted: KeyboardInterrupt | None = None
+    stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run early
+    failure: str | None = None
+    running: bool = False
 
     @property
     def status(self) -> str:
-        return "interrupted" if self.interrupted else "complete"
+        if self.failure:
+            return "failed"
+        if self.stopped_by:
+            return "interrupted"
+        return "running" if self.running else "complete"
 
     @property
     def initial(self) -> Snapshot:
@@ -54,72 +68,196 @@ class Result:
         return self.snapshots[-1]
 
 
-def render(plan: Plan, progress: Progress | None = None) -> Result:
-    """Adam on the image parameters for `optim.steps` steps; snapshots at 0 and each threshold.
+class NonFinite(Exception):
+    """An objective term became NaN or infinite."""
 
-    Scores are maximized, so the loss is minus the sum of the per-item scores (summing keeps each
-    item's gradient independent of the batch size). The step's score stays on the device and is
-    read back only when progress is reported, a few times per second. An interrupt (Ctrl-C, or
-    SIGTERM raised as `Terminated`) ends the loop early with a snapshot of the last step.
+
+class Renderer:
+    """One render's state: parameters, optimizer, random streams, trace and snapshots.
+
+    `state()` and `restore()` capture everything a run depends on, so a run resumed from a
+    checkpoint ends in the same image as an uninterrupted one (on the same device).
     """
-    optim = plan.config.optim
-    snapshot_steps = set(optim.snapshot_steps())
-    adam = torch.optim.Adam(plan.param.parameters(), lr=optim.lr)
-    leaves = list(plan.objective.leaves())
-    batch = plan.config.param.batch
-    logged = _logged_steps(optim.steps, (1 + len(leaves)) * batch)
-    row = {step: i for i, step in enumerate(logged)}
-    trace = torch.zeros(len(logged), 1 + len(leaves), batch, device=plan.device)
-    result = Result(trace_steps=logged)
-    names = _term_names(plan)
-    start = last_report = time.perf_counter()
-    model = plan.network.model
-    with Capture(model, plan.objective.layers, plan.network) as capture:
-        result.snapshots.append(_snapshot(plan, capture, 0, names))
-        try:
-            for step in range(1, optim.steps + 1):
-                warm = step <= optim.redirected_relu
-                with redirect_relus(model) if warm else nullcontext():
-                    image = plan.param()
-                    acts = Activations(
-                        {**capture.run(plan.transforms(image, plan.streams)), IMAGE: image}
-                    )
-                    score = plan.objective(acts)
-                    adam.zero_grad(set_to_none=True)
-                    (-score.sum()).backward()
-                adam.step()
-                if step in row:
-                    values = [score, *(acts.values[leaf] for leaf in leaves)]
-                    trace[row[step]] = torch.stack([v.detach().expand(batch) for v in values])
-                result.steps_done = step
-                if step in snapshot_steps:
-                    result.snapshots.append(_snapshot(plan, capture, step, names))
-                now = time.perf_counter()
-                if progress and (now - last_report >= REPORT_SECONDS or step == optim.steps):
-                    progress(step, float(score.detach().mean()))
-                    last_report = now
-        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what was rendered
-            result.interrupted = stop
-            if result.final.step != result.steps_done:
-                result.snapshots.append(_snapshot(plan, capture, result.steps_done, names))
-    result.seconds = time.perf_counter() - start
-    done = sum(step <= result.steps_done for step in logged)
-    result.trace_steps = logged[:done]
-    result.trace = {name: trace[:done, i].tolist() for i, name in enumerate(["objective", *names])}
-    return result
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        optim = plan.config.optim
+        self.adam = torch.optim.Adam(plan.param.parameters(), lr=optim.lr)
+        self.leaves = list(plan.objective.leaves())
+        self.names = _term_names(self.leaves)
+        self.batch = plan.config.param.batch
+        self.logged = _logged_steps(optim.steps, (1 + len(self.leaves)) * self.batch)
+        self.row = {step: i for i, step in enumerate(self.logged)}
+        rows = (len(self.logged), 1 + len(self.leaves), self.batch)
+        self.trace = torch.zeros(rows, device=plan.device)
+        # First step at which each row (objective, then each term) was not finite; 0: never.
+        self.first_bad = torch.zeros(rows[1], dtype=torch.long, device=plan.device)
+        self.result = Result()
+        self.seconds_before = 0.0
+        self.stop_requested: int | None = None
+        self.forward = torch.compile(plan.network) if optim.compile else plan.network
+        cuda = plan.device.type == "cuda"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(optim.precision)
+        self.autocast = cuda and dtype is not None
+        self.dtype = dtype or torch.float32
+        # fp16 gradients can underflow: scale the loss up. Adam's step does not change with a
+        # constant gradient scale, so nothing needs unscaling.
+        self.loss_scale = 1024.0 if self.autocast and dtype is torch.float16 else 1.0
+
+    def request_stop(self, signum: int) -> None:
+        """Stop after the current step (safe to call from a signal handler)."""
+        self.stop_requested = signum
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue the run; loadable with torch.load(weights_only=True)."""
+        return {
+            "step": self.result.steps_done,
+            "param": self.plan.param.state_dict(),
+            "adam": self.adam.state_dict(),
+            "streams": [g.get_state() for g in self.plan.streams],
+            "trace": self.trace.cpu(),
+            "seconds": self.seconds_before + self.result.seconds,
+            "snapshots": [
+                {"step": s.step, "images": s.images, "objective": s.objective, "terms": s.terms}
+                for s in self.result.snapshots
+            ],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a state saved by `state()`."""
+        self.plan.param.load_state_dict(state["param"])
+        self.adam.load_state_dict(state["adam"])
+        for generator, saved in zip(self.plan.streams, state["streams"], strict=True):
+            generator.set_state(saved)
+        self.trace.copy_(state["trace"])
+        self.seconds_before = float(state["seconds"])
+        self.result.steps_done = int(state["step"])
+        self.result.snapshots = [Snapshot(**s) for s in state["snapshots"]]
+
+    def run(
+        self,
+        progress: Progress | None = None,
+        on_snapshot: Callable[[Renderer], None] | None = None,
+    ) -> Result:
+        """Adam on the image parameters up to `optim.steps`; snapshots at 0 and each threshold.
+
+        Scores are maximized, so the loss is minus the sum of the per-item scores (summing
+        keeps each item's gradient independent of the batch size). Values stay on the device;
+        they are read back (a sync) only a few times per second, for progress and the check
+        for non-finite terms, and at snapshots, where `on_snapshot` can save the run.
+        """
+        plan, optim = self.plan, self.plan.config.optim
+        snapshot_steps = set(optim.snapshot_steps())
+        start = last_report = time.perf_counter()
+        self.result.running = True
+        model = plan.network.model
+        with Capture(model, plan.objective.layers, self.forward) as capture:
+            if not self.result.snapshots:
+                self.result.snapshots.append(self._snapshot(capture, 0))
+            try:
+                for step in range(self.result.steps_done + 1, optim.steps + 1):
+                    score = self._step(capture, step, redirect=step <= optim.redirected_relu)
+                    self.result.steps_done = step
+                    now = time.perf_counter()
+                    due = now - last_report >= REPORT_SECONDS or step == optim.steps
+                    if due or step in snapshot_steps:
+                        self._check_finite()
+                    if step in snapshot_steps:
+                        self.result.snapshots.append(self._snapshot(capture, step))
+                        self.result.seconds = now - start
+                        if on_snapshot:
+                            on_snapshot(self)
+                    if progress and due:
+                        progress(step, float(score.detach().mean()))
+                        last_report = now
+                    if self.stop_requested:
+                        self.result.stopped_by = self.stop_requested
+                        self._check_finite()
+                        if self.result.final.step != step:
+                            self.result.snapshots.append(self._snapshot(capture, step))
+                        break
+            except NonFinite as exc:
+                self.result.failure = str(exc)
+            except torch.OutOfMemoryError:
+                self.result.failure = (
+                    f"out of {plan.device.type.upper()} memory at step {self.result.steps_done + 1}"
+                    f": try a smaller param.batch ({self.batch}) or param.size"
+                )
+        self.result.running = False
+        self.result.seconds = self.seconds_before + time.perf_counter() - start
+        self._finish_trace()
+        return self.result
+
+    def _step(self, capture: Capture, step: int, redirect: bool) -> torch.Tensor:
+        plan = self.plan
+        precision = torch.autocast("cuda", self.dtype) if self.autocast else nullcontext()
+        with redirect_relus(plan.network.model) if redirect else nullcontext():
+            image = plan.param()
+            with precision:
+                x = plan.transforms(image, plan.streams)
+                acts = Activations({**capture.run(x), IMAGE: image})
+                score = plan.objective(acts).float()
+            self.adam.zero_grad(set_to_none=True)
+            (-score.sum() * self.loss_scale).backward()
+        self.adam.step()
+        values = torch.stack(
+            [v.detach().expand(self.batch) for v in (score, *(acts.values[x] for x in self.leaves))]
+        )
+        bad = ~torch.isfinite(values).all(1)
+        self.first_bad = torch.where(bad & (self.first_bad == 0), step, self.first_bad)
+        if step in self.row:
+            self.trace[self.row[step]] = values
+        return score
+
+    def _check_finite(self) -> None:
+        """Raise NonFinite naming the first term and step that went NaN or infinite."""
+        first = self.first_bad.tolist()
+        if not any(first):
+            return
+        step = min(s for s in first if s)
+        leaves = [name for name, s in zip(self.names, first[1:], strict=True) if s == step]
+        what = (
+            f"term {leaves[0]!r} became NaN or infinite"
+            if leaves
+            else "the objective became NaN or infinite with every term finite (check powers, "
+            "products and weights)"
+        )
+        self.result.steps_done = step - 1
+        self.result.snapshots = [s for s in self.result.snapshots if s.step < step]
+        raise NonFinite(
+            f"{what} at step {step}; kept the snapshot of step {self.result.final.step} "
+            "(try a lower optim.lr, or check the objective)"
+        )
+
+    def _finish_trace(self) -> None:
+        done = sum(step <= self.result.steps_done for step in self.logged)
+        self.result.trace_steps = self.logged[:done]
+        names = ["objective", *self.names]
+        self.result.trace = {name: self.trace[:done, i].tolist() for i, name in enumerate(names)}
+
+    @torch.no_grad()
+    def _snapshot(self, capture: Capture, step: int) -> Snapshot:
+        """The current images and the value of every term on them, without random transforms."""
+        image = self.plan.param()
+        acts = Activations({**capture.run(self.plan.param.opaque(image)), IMAGE: image})
+        b = image.shape[0]
+        total = self.plan.objective(acts).expand(b)
+        terms = {
+            name: leaf(acts).expand(b).tolist()
+            for name, leaf in zip(self.names, self.leaves, strict=True)
+        }
+        return Snapshot(step, image.detach().float().cpu(), total.tolist(), terms)
 
 
-def _logged_steps(steps: int, values_per_step: int) -> list[int]:
-    """The steps whose per-item term values are kept: every step, or evenly spaced ones so
-    that the trace holds at most MAX_TRACE values (the last step always included)."""
-    stride = max(1, -(-steps * values_per_step // MAX_TRACE))
-    return sorted({*range(stride, steps + 1, stride), steps})
+def render(plan: Plan, progress: Progress | None = None) -> Result:
+    """Run a plan from its first step to its last (see `Renderer.run`)."""
+    return Renderer(plan).run(progress)
 
 
-def _term_names(plan: Plan) -> list[str]:
+def _term_names(leaves: list[Any]) -> list[str]:
     """Each leaf's name, made unique with #2, #3... when two leaves share one."""
     names: list[str] = []
-    for leaf in plan.objective.leaves():
+    for leaf in leaves:
         name, n = leaf.name, 1
         while name in names:
             n += 1
@@ -128,14 +266,8 @@ def _term_names(plan: Plan) -> list[str]:
     return names
 
 
-@torch.no_grad()
-def _snapshot(plan: Plan, capture: Capture, step: int, names: list[str]) -> Snapshot:
-    """The current images and the value of every term on them, without random transforms."""
-    image = plan.param()
-    acts = Activations({**capture.run(image), IMAGE: image})
-    total = plan.objective(acts).expand(image.shape[0])
-    terms = {
-        name: leaf(acts).expand(image.shape[0]).tolist()
-        for name, leaf in zip(names, plan.objective.leaves(), strict=True)
-    }
-    return Snapshot(step, image.detach().float().cpu(), total.tolist(), terms)
+def _logged_steps(steps: int, values_per_step: int) -> list[int]:
+    """The steps whose per-item term values are kept: every step, or evenly spaced ones so
+    that the trace holds at most MAX_TRACE values (the last step always included)."""
+    stride = max(1, -(-steps * values_per_step // MAX_TRACE))
+    return sorted({*range(stride, steps + 1, stride), steps})

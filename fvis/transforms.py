@@ -1,8 +1,11 @@
 """Random transforms for transformation robustness (Olah et al. 2017), drawn per batch item.
 
 Consecutive geometric transforms (jitter, scale, rotate) are composed into one affine map per
-item and applied with a single `grid_sample`, so the whole stack costs one resampling. Each item
-draws from its own random stream, so its transforms do not depend on its place in the batch.
+item and applied with a single `grid_sample`, so the whole stack costs one resampling. Filters
+(Gaussian blur, bilateral) act as frequency penalties: a pattern that a blur removes cannot
+raise the objective. Each item draws from its own random stream, so its transforms do not depend
+on its place in the batch. Images with an alpha channel are first composited over a random
+background per item, so only their opaque parts can carry the objective.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fvis import filters
 from fvis.config import (
+    BilateralTransform,
+    BlurTransform,
     JitterTransform,
     PadTransform,
     RotateTransform,
@@ -85,12 +91,80 @@ class Pad:
         return F.pad(x, p, mode=self.mode)
 
 
-class Pipeline(nn.Module):
-    """A list of transforms applied in order; geometric runs are fused into one resampling."""
+class Filter:
+    """A filter applied to each item with probability p (drawn from the item's stream)."""
 
-    def __init__(self, steps: Sequence[Pad | Geometric]) -> None:
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def chosen(self, streams: Streams, device: torch.device) -> torch.Tensor:
+        """[B] booleans: which items are filtered at this step."""
+        if self.p >= 1:
+            return torch.ones(len(streams), dtype=torch.bool, device=device)
+        draws = [float(torch.rand((), generator=g)) < self.p for g in streams]
+        return torch.tensor(draws, device=device)
+
+    def __call__(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Blur(Filter):
+    """Gaussian blur with sigma drawn uniformly from [lo, hi] per item (`fvis.filters`)."""
+
+    def __init__(self, lo: float, hi: float, p: float) -> None:
+        super().__init__(p)
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+        chosen = self.chosen(streams, x.device)
+        sigmas = [_uniform(g, self.lo, self.hi) if self.lo < self.hi else self.lo for g in streams]
+        sigma = torch.tensor(sigmas, dtype=x.dtype, device=x.device) * chosen
+        return filters.gaussian_blur(x, sigma)
+
+
+class Bilateral(Filter):
+    """The edge-preserving bilateral filter (`fvis.filters.bilateral`)."""
+
+    def __init__(self, sigma_space: float, sigma_color: float, p: float) -> None:
+        super().__init__(p)
+        self.sigma_space, self.sigma_color = sigma_space, sigma_color
+
+    def __call__(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+        chosen = self.chosen(streams, x.device)
+        out = filters.bilateral(x, self.sigma_space, self.sigma_color)
+        return torch.where(chosen[:, None, None, None], out, x)
+
+
+BACKGROUND_CELLS = 8
+BACKGROUND_NOISE = 0.2
+
+
+def random_background(g: torch.Generator, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """A background [C, H, W]: a uniform random colour plus smooth noise (a random grid of
+    BACKGROUND_CELLS^2 values upsampled bilinearly, amplitude BACKGROUND_NOISE), clipped."""
+    colour = torch.rand(channels, 1, 1, generator=g)
+    cells = torch.randn(1, channels, BACKGROUND_CELLS, BACKGROUND_CELLS, generator=g)
+    noise = filters.upsample(cells, size)[0] * BACKGROUND_NOISE
+    return (colour + noise).clamp(0.0, 1.0)
+
+
+def composite(image: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Colour channels over a background by the last (alpha) channel: rgb a + bg (1 - a)."""
+    rgb, a = image[:, :-1], image[:, -1:]
+    return rgb * a + background * (1 - a)
+
+
+class Pipeline(nn.Module):
+    """A list of transforms applied in order; geometric runs are fused into one resampling.
+
+    With `alpha`, the input's last channel is opacity: each item is first composited over its
+    own random background (`random_background`), and the rest of the pipeline sees colours only.
+    """
+
+    def __init__(self, steps: Sequence[Pad | Geometric | Filter], alpha: bool = False) -> None:
         super().__init__()
         self.steps = list(steps)
+        self.alpha = alpha
         pad = next((s for s in self.steps if isinstance(s, Pad)), Pad(0, "constant", 0.5))
         self.fill = pad.value if pad.mode == "constant" else None
         self.outside = {"constant": "zeros", "reflect": "reflection", "replicate": "border"}[
@@ -104,6 +178,10 @@ class Pipeline(nn.Module):
         clean image, so objectives with spatial weights or targets fit both.
         """
         size = x.shape[-2:]
+        if self.alpha:
+            channels, hw = x.shape[1] - 1, (size[0], size[1])
+            background = torch.stack([random_background(g, channels, hw) for g in streams])
+            x = composite(x, background.to(x.device, x.dtype))
         run: list[Geometric] = []
         for step in self.steps:
             if isinstance(step, Geometric):
@@ -111,7 +189,7 @@ class Pipeline(nn.Module):
                 continue
             x = self._resample(x, run, streams)
             run = []
-            x = step(x)
+            x = step(x, streams) if isinstance(step, Filter) else step(x)
         x = self._resample(x, run, streams)
         top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
         return x[..., top : top + size[0], left : left + size[1]]
@@ -156,9 +234,12 @@ def standard(size: tuple[int, int]) -> list[Pad | Geometric]:
     ]
 
 
-def build_transforms(specs: Sequence[Transform], size: tuple[int, int]) -> Pipeline:
-    """The pipeline a list of transform specs names (`standard` expands in place)."""
-    steps: list[Pad | Geometric] = []
+def build_transforms(
+    specs: Sequence[Transform], size: tuple[int, int], alpha: bool = False
+) -> Pipeline:
+    """The pipeline a list of transform specs names (`standard` expands in place); `alpha`:
+    the images carry an opacity channel to composite over random backgrounds first."""
+    steps: list[Pad | Geometric | Filter] = []
     for spec in specs:
         if isinstance(spec, StandardTransform):
             steps.extend(standard(size))
@@ -170,4 +251,8 @@ def build_transforms(specs: Sequence[Transform], size: tuple[int, int]) -> Pipel
             steps.append(Scale(spec.min, spec.max))
         elif isinstance(spec, RotateTransform):
             steps.append(Rotate(spec.degrees))
-    return Pipeline(steps)
+        elif isinstance(spec, BlurTransform):
+            steps.append(Blur(spec.sigma[0], spec.sigma[1], spec.p))
+        elif isinstance(spec, BilateralTransform):
+            steps.append(Bilateral(spec.sigma_space, spec.sigma_color, spec.p))
+    return Pipeline(steps, alpha)

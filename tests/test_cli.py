@@ -14,13 +14,22 @@ from conftest import tiny_config
 from fvis.cli import app
 from fvis.config import Config
 
-COMMANDS = ["render", "validate", "schema", "layers", "zoo list", "zoo train"]
+COMMANDS = [
+    "render",
+    "attribute",
+    "validate",
+    "schema",
+    "layers",
+    "compare",
+    "zoo list",
+    "zoo train",
+]
 
 
 def test_top_level_help_lists_every_command(cli) -> None:
     result = cli("--help")
     assert result.exit_code == 0
-    for command in ("render", "validate", "schema", "layers", "zoo"):
+    for command in ("render", "validate", "schema", "layers", "compare", "zoo"):
         assert command in result.stdout
 
 

@@ -51,7 +51,8 @@ CASES = [
         "channel beyond the layer",
         _replace("channel: 3", "channel: 99"),
         "channel: 99",
-        "objective.channel: 2: channel 99 is out of range: the layer has 16 channels (0..15)",
+        "objective.channel: layer '2': channel 99 is out of range: the layer has 16 channels "
+        "(0..15)",
     ),
     ("invalid YAML", GOOD + "name: {a: 1]\n", "name: {a", "invalid YAML: expected ',' or '}'"),
     (

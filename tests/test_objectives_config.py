@@ -47,7 +47,8 @@ def test_vector_shape_error_states_both_shapes(write_config, cli) -> None:
     assert result.exit_code == 2
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "vector" in t)
     assert result.stderr.strip() == (
-        f"{path}:{line}: objective.vector: 2: the vector has shape [3], the layer needs [16]"
+        f"{path}:{line}: objective.vector: layer '2': the vector has shape [3], the layer needs "
+        "[16]"
     )
 
 
@@ -120,8 +121,8 @@ def test_l2_inversion_moves_towards_the_target_image(cli, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "run/run.json").read_text())
     before, after = run["initial"]["objective"][0], run["final"]["objective"][0]
-    assert after > 0.5 * before  # minus a distance: it at least halves
-    assert after < 0
+    assert before < after < 0  # minus a distance to the target activation...
+    assert -after < 0.6 * -before  # ...which shrinks by at least 40% in 64 steps
 
 
 def test_diversity_makes_a_batch_visibly_different(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from conftest import tiny_config
@@ -135,3 +136,46 @@ def test_branching_model_and_batch_selection(cli, write_config, workdir) -> None
     channel, neuron = final["terms"]["channel(left, 1)"], final["terms"]["neuron(right, 2)"]
     assert abs(final["objective"][0] - channel[0]) < 1e-5  # ...the objective is masked
     assert abs(final["objective"][1] - 2 * neuron[1]) < 1e-5
+
+
+def test_a_full_disk_is_a_one_line_error_with_nothing_half_written(
+    cli, write_config, workdir, monkeypatch
+) -> None:
+    import errno
+    import os
+
+    from fvis import writers
+
+    def full(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writers.os, "replace", full)
+    result = _render(cli, write_config, tiny_config(optim={"steps": 2}))
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith("cannot write (No space left on device)")
+    assert not list((workdir / "outputs/cfg").glob(".*"))  # no temporary file left behind
+
+
+def test_precision_off_cuda_warns_and_channels_last_changes_nothing(
+    cli, write_config, workdir
+) -> None:
+    config = tiny_config(optim={"steps": 6, "precision": "bf16"})
+    result = _render(cli, write_config, config, "--out", "a")
+    assert result.exit_code == 0, result.output
+    assert "warning: bf16 applies on CUDA only; cpu runs in fp32" in result.stderr
+    config["optim"]["channels_last"] = True
+    assert _render(cli, write_config, config, "--out", "b").exit_code == 0
+    a = json.loads((workdir / "a/run.json").read_text())["final"]["objective"][0]
+    b = json.loads((workdir / "b/run.json").read_text())["final"]["objective"][0]
+    assert abs(a - b) < 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_network_renders_the_same(cli, write_config, workdir) -> None:
+    config = tiny_config(optim={"steps": 6})
+    assert _render(cli, write_config, config, "--out", "a").exit_code == 0
+    config["optim"]["compile"] = True
+    assert _render(cli, write_config, config, "--out", "b").exit_code == 0
+    a = json.loads((workdir / "a/run.json").read_text())["final"]["objective"][0]
+    b = json.loads((workdir / "b/run.json").read_text())["final"]["objective"][0]
+    assert abs(a - b) < 1e-3

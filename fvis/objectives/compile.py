@@ -20,6 +20,7 @@ from fvis.errors import SpecError, YamlPath
 from fvis.objectives import activation as act
 from fvis.objectives import batch as bat
 from fvis.objectives import direction as dirn
+from fvis.objectives import frequency as freq
 from fvis.objectives.algebra import Interpolate, Leaf, Masked, Objective, Product, Sum, TermError
 
 LAYER_FIELDS = ("layer", "ultimate")
@@ -95,7 +96,7 @@ def _leaf(node: Any, loc: YamlPath, ctx: Context) -> Leaf:
     try:
         leaf.check(ctx.shapes)
     except TermError as exc:
-        raise SpecError((*loc, exc.field), f"{leaf.layer}: {exc}") from None
+        raise SpecError((*loc, exc.field), f"layer {leaf.layer!r}: {exc}") from None
     if isinstance(leaf, act.ClassLogit) and _looks_like_probabilities(ctx, leaf.layer):
         ctx.warnings.append(
             (
@@ -212,6 +213,7 @@ LEAVES: dict[type, Callable[[Any, YamlPath, Context], Leaf]] = {
     c.ClassLogitObjective: lambda n, loc, ctx: act.ClassLogit(ctx.layer(loc), tuple(n.index)),
     c.DeepDreamObjective: lambda n, loc, ctx: act.DeepDream(ctx.layer(loc)),
     c.TotalVariationObjective: lambda n, loc, ctx: act.TotalVariation(ctx.layer(loc)),
+    c.BlurObjective: lambda n, loc, ctx: freq.BlurResidual(ctx.layer(loc), n.sigma),
     c.L1Objective: lambda n, loc, ctx: act.L1(ctx.layer(loc), n.constant),
     c.L2Objective: lambda n, loc, ctx: act.L2(ctx.layer(loc), n.constant),
     c.L2MeanObjective: lambda n, loc, ctx: act.L2Mean(ctx.layer(loc), n.constant),

@@ -1,0 +1,166 @@
+"""The images to explain: files, folders, earlier fvis runs and generated zoo classes, as one batch.
+
+Every image becomes [C, H, W] in [0, 1] at the run's size: images of another size are resized
+(bilinear, antialiased) either by their shorter side and then centre-cropped, or stretched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from fvis.attribution.config import (
+    FileInput,
+    FolderInput,
+    InputSource,
+    RunInput,
+    ZooClassInput,
+)
+from fvis.config import ModelSpec, ZooModelSpec
+from fvis.errors import SpecError, YamlPath
+
+RUN_IMAGE = re.compile(r"^image_(\d+)\.png$")
+
+
+@dataclass
+class Images:
+    """A batch of images with a display name each and, where known, the class they show."""
+
+    tensor: torch.Tensor
+    names: list[str] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Loader:
+    """What loading needs besides the sources: the config's folder, size, channels, model."""
+
+    base: Path
+    size: tuple[int, int]
+    channels: int
+    fit: str
+    model: ModelSpec
+
+    def load(self, sources: Sequence[InputSource], loc: YamlPath) -> Images:
+        """Every source in order, as one batch."""
+        parts = [self._source(source, (*loc, i)) for i, source in enumerate(sources)]
+        return Images(
+            torch.cat([p.tensor for p in parts]),
+            [n for p in parts for n in p.names],
+            [label for p in parts for label in p.labels],
+        )
+
+    def image(self, path: Path, loc: YamlPath) -> torch.Tensor:
+        """One image file as [1, C, H, W] in [0, 1], fitted to the run's size."""
+        full = self._path(path)
+        if not full.is_file():
+            raise SpecError(loc, f"no such file: {full}")
+        return fit_size(read_image(full, self.channels, loc), self.size, self.fit)
+
+    def _source(self, source: InputSource, loc: YamlPath) -> Images:
+        if isinstance(source, FileInput):
+            return Images(self.image(source.path, (*loc, "path")), [source.path.stem], [None])
+        if isinstance(source, ZooClassInput):
+            return self._zoo_class(source, loc)
+        files = self._files(source, loc)
+        tensor = torch.cat([self.image(path, (*loc, "path")) for path in files])
+        prefix = source.path.name if isinstance(source, RunInput) else ""
+        names = [f"{prefix}/{p.stem}" if prefix else p.stem for p in files]
+        return Images(tensor, names, [None] * len(files))
+
+    def _files(self, source: FolderInput | RunInput, loc: YamlPath) -> list[Path]:
+        folder = self._path(source.path)
+        if not folder.is_dir():
+            raise SpecError((*loc, "path"), f"no such folder: {folder}")
+        if isinstance(source, RunInput):
+            indexed = {_run_index(p.name): p for p in folder.iterdir()}
+            files = [indexed[i] for i in sorted(indexed) if i >= 0]
+            if not files:
+                raise SpecError(
+                    (*loc, "path"), f"{folder}: not an fvis run folder (no image_<i>.png files)"
+                )
+            return files
+        files = sorted(p for p in folder.glob(source.pattern) if p.is_file())
+        if not files:
+            raise SpecError((*loc, "pattern"), f"no file in {folder} matches {source.pattern!r}")
+        return files[: source.limit]
+
+    def _zoo_class(self, source: ZooClassInput, loc: YamlPath) -> Images:
+        from fvis import zoo
+        from fvis.zoo.data import generate_class
+
+        if not isinstance(self.model, ZooModelSpec):
+            raise SpecError(
+                (*loc, "kind"), "zoo_class images need the built-in model (model: {source: zoo})"
+            )
+        classes = list(zoo.get(self.model.name).classes)
+        index = class_index(source.label, classes, (*loc, "class"))
+        generator = torch.Generator().manual_seed(source.seed)
+        images = generate_class(index, source.count, generator)
+        tensor = fit_size(images, self.size, self.fit)
+        names = [f"{classes[index]}#{i}" for i in range(source.count)]
+        return Images(tensor, names, [index] * source.count)
+
+    def _path(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.base / path
+
+
+def class_index(label: int | str, classes: Sequence[str] | None, loc: YamlPath) -> int:
+    """A class given by index or name as an index; names need known classes (the zoo's)."""
+    if isinstance(label, int):
+        if classes is not None and label >= len(classes):
+            raise SpecError(loc, f"class {label} is out of range: the model has {len(classes)}")
+        return label
+    if classes is None:
+        raise SpecError(loc, f"class {label!r}: names need the built-in model; give an index")
+    if label in classes:
+        return list(classes).index(label)
+    close = difflib.get_close_matches(label, classes, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    raise SpecError(loc, f"unknown class {label!r}; {hint}(classes: {', '.join(classes)})")
+
+
+def _run_index(name: str) -> int:
+    """i for a file named image_<i>.png, -1 for any other file."""
+    match = RUN_IMAGE.match(name)
+    return int(match[1]) if match else -1
+
+
+def read_image(path: Path, channels: int, loc: YamlPath) -> torch.Tensor:
+    """An image file as [1, C, h, w] in [0, 1] at its own size: grey (C = 1) or RGB (C = 3)."""
+    if channels not in (1, 3):
+        raise SpecError(loc, f"image files need a 1- or 3-channel model; it takes {channels}")
+    try:
+        with Image.open(path) as image:
+            pixels = image.convert("L" if channels == 1 else "RGB")
+            w, h = pixels.size
+            data = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SpecError(loc, f"{path}: not a readable image ({exc})") from None
+    return data.view(h, w, -1).permute(2, 0, 1)[None].float() / 255
+
+
+def fit_size(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """[N, C, h, w] resized to `size`: shorter side then centre crop ('crop'), or 'stretch'."""
+    h, w = images.shape[-2:]
+    if (h, w) == tuple(size):
+        return images
+    if mode == "stretch":
+        return _resize(images, size)
+    scale = max(size[0] / h, size[1] / w)
+    scaled = _resize(images, (max(size[0], round(h * scale)), max(size[1], round(w * scale))))
+    top = (scaled.shape[-2] - size[0]) // 2
+    left = (scaled.shape[-1] - size[1]) // 2
+    return scaled[..., top : top + size[0], left : left + size[1]].contiguous()
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    resized = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp(0, 1)
