@@ -107,7 +107,7 @@ def lucent_case(arch: str, layer: str, batch: int) -> callable:
 def floor_case(arch: str, layer: str, batch: int) -> callable:
     from fvis.hooks import Capture
 
-    model = _model(arch)
+    model = _model(arch).requires_grad_(False)  # the floor: gradients to the input only
 
     def run(steps: int) -> None:
         with Capture(model, {layer}) as capture:
