@@ -923,8 +923,7 @@ def _read_yaml(path: Path, source: Source) -> dict[str, Any]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None and _expanded_size(node, {}, set()) > MAX_CONFIG_NODES:
             raise UserError(
-                f"{path}: expands to more than {MAX_CONFIG_NODES} values (YAML anchors and "
-                "aliases)"
+                f"{path}: expands to more than {MAX_CONFIG_NODES} values (YAML anchors and aliases)"
             )
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
