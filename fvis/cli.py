@@ -50,6 +50,14 @@ SetOption = Annotated[
     ),
 ]
 
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Run folder (default: output.dir/name).", show_default=False),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", "-f", help="Overwrite an existing run folder.")
+]
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a user error (one line per problem) and exit with `code`."""
@@ -90,15 +98,8 @@ def render(
         ),
     ] = None,
     overrides: SetOption = None,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", help="Run folder (default: output.dir/name).", show_default=False
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Overwrite an existing run folder.")
-    ] = False,
+    out_dir: OutOption = None,
+    force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     resume: Annotated[
         Path | None,
@@ -303,15 +304,8 @@ def objectives() -> None:
 def attribute(
     config: ConfigArg,
     overrides: SetOption = None,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", help="Run folder (default: output.dir/name).", show_default=False
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Overwrite an existing run folder.")
-    ] = False,
+    out_dir: OutOption = None,
+    force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per method.")] = False,
 ) -> None:
     """Attribute decisions to input pixels with Captum's methods: writes grid.png,
