@@ -46,6 +46,26 @@ def check_channel(shape: Sequence[int], channel: int) -> None:
         )
 
 
+def check_position(shape: Sequence[int], x: int | None, y: int | None) -> None:
+    """A position (x = column, y = row; x = token on [B, T, C]) must lie inside the layer."""
+    if len(shape) == 2:
+        raise TermError("layer", f"a neuron needs positions, the layer is {list(shape)}")
+    if len(shape) == 3 and y is not None:
+        raise TermError("y", "a token layer [B, T, C] has one position axis: use x")
+    sizes = {"x": shape[3], "y": shape[2]} if len(shape) == 4 else {"x": shape[1]}
+    for axis, value in (("x", x), ("y", y)):
+        if value is not None and axis in sizes and value >= sizes[axis]:
+            raise TermError(axis, f"{axis}={value} is outside the layer (size {sizes[axis]})")
+
+
+def at_position(x: torch.Tensor, col: int | None, row: int | None) -> torch.Tensor:
+    """The [B, C] activation vectors at one position, by default the centre."""
+    if x.dim() == 3:  # tokens: [B, T, C]
+        return x[:, x.shape[1] // 2 if col is None else col, :]
+    h, w = x.shape[-2:]
+    return x[:, :, h // 2 if row is None else row, w // 2 if col is None else col]
+
+
 @dataclass(eq=False)
 class Channel(Leaf):
     """Mean activation of one channel over all positions: mean_p a[b, c, p]."""
@@ -80,25 +100,11 @@ class Neuron(Leaf):
         self.name = f"neuron({self.layer}, {self.channel}{where})"
 
     def check(self, shapes: Shapes) -> None:
-        shape = shapes[self.layer]
-        check_channel(shape, self.channel)
-        if len(shape) == 2:
-            raise TermError("layer", f"a neuron needs positions, the layer is {list(shape)}")
-        sizes = {"x": shape[3], "y": shape[2]} if len(shape) == 4 else {"x": shape[1]}
-        if len(shape) == 3 and self.y is not None:
-            raise TermError("y", "a token layer [B, T, C] has one position axis: use x")
-        for axis, size in sizes.items():
-            value = getattr(self, axis)
-            if value is not None and value >= size:
-                raise TermError(axis, f"{axis}={value} is outside the layer (size {size})")
+        check_channel(shapes[self.layer], self.channel)
+        check_position(shapes[self.layer], self.x, self.y)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            return x[:, x.shape[1] // 2 if self.x is None else self.x, self.channel]
-        h, w = x.shape[-2:]
-        row = h // 2 if self.y is None else self.y
-        col = w // 2 if self.x is None else self.x
-        return x[:, self.channel, row, col]
+        return at_position(x, self.x, self.y)[:, self.channel]
 
 
 @dataclass(eq=False)

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fvis.objectives.activation import Shapes, channel_count, positions
+from fvis.objectives.activation import (
+    Shapes,
+    at_position,
+    channel_count,
+    check_position,
+    positions,
+)
 from fvis.objectives.algebra import Activations, Leaf, TermError
 
 EPS = 1e-8
@@ -116,21 +122,10 @@ class NeuronDirection(_Directional):
 
     def check(self, shapes: Shapes) -> None:
         super().check(shapes)
-        shape = shapes[self.layer]
-        if len(shape) == 2:
-            raise TermError("layer", f"a neuron needs positions, the layer is {list(shape)}")
-        sizes = {"x": shape[3], "y": shape[2]} if len(shape) == 4 else {"x": shape[1]}
-        for axis, size in sizes.items():
-            value = getattr(self, axis)
-            if value is not None and value >= size:
-                raise TermError(axis, f"{axis}={value} is outside the layer (size {size})")
+        check_position(shapes[self.layer], self.x, self.y)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:  # tokens: [B, T, C]
-            a = x[:, x.shape[1] // 2 if self.x is None else self.x, :]
-        else:
-            h, w = x.shape[-2:]
-            a = x[:, :, h // 2 if self.y is None else self.y, w // 2 if self.x is None else self.x]
+        a = at_position(x, self.x, self.y)
         if self.transform is not None:
             a = a @ self.transform.T
         return dot_cossim(a, self.direction(), self.cossim_pow, self.floor)
