@@ -12,7 +12,8 @@ import torch
 
 from fvis.config import Config, ObjectiveNode
 from fvis.errors import SpecError, UserError, YamlPath
-from fvis.hooks import IMAGE, Capture, resolve_layer, select
+from fvis.fusion import fold_batchnorms
+from fvis.hooks import IMAGE, Capture, resolve_layer, select, split_layer
 from fvis.models import Network, build_network
 from fvis.objectives import Objective
 from fvis.objectives.algebra import Masked, Sum
@@ -85,8 +86,6 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # random-init models (weights: null) build reproducibly
     network = build_network(config.model, base).to(device)
-    if config.optim.channels_last:
-        network = network.to(memory_format=torch.channels_last)
     prep = network.prep
     size = config.param.size or prep.size
     channels = config.param.channels or prep.channels
@@ -107,6 +106,10 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
     else:
         objective, warnings = _objective(config, network, base, size, channels, device)
         streams = streams_for(config.seed, list(range(config.param.batch)))
+    if config.optim.fold_batchnorm:
+        fold_batchnorms(network.model, keep={split_layer(s)[0] for s in objective.layers})
+    if config.optim.channels_last:
+        network = network.to(memory_format=torch.channels_last)
     try:
         param = build_param(
             config.param,

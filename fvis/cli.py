@@ -229,8 +229,8 @@ def sweep(
         typer.Option(
             "--batch",
             min=1,
-            help="Items optimized together (default: 16 on the CPU, 64 on a GPU; halved "
-            "automatically when the GPU runs out of memory).",
+            help="Items optimized together (default: as many as fit in half the free memory, "
+            "at most 8 on a CPU and 64 on a GPU; halved when the GPU runs out of memory).",
             show_default=False,
         ),
     ] = None,

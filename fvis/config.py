@@ -762,11 +762,21 @@ class OptimSpec(Node):
         description="Autocast the network to bf16 or fp16 on CUDA (elsewhere fp32 is kept, "
         "with a warning); the image and its optimizer stay fp32.",
     )
+    fold_batchnorm: bool = Field(
+        True,
+        description="Fold each eval-mode BatchNorm into the convolution feeding it (same "
+        "values up to float rounding, less work); a hooked convolution keeps its own output.",
+    )
     channels_last: bool = Field(
         False, description="Run the network in channels-last memory format."
     )
     compile: bool = Field(
         False, description="torch.compile the network (slow first steps, then faster on GPUs)."
+    )
+    cudnn_benchmark: bool = Field(
+        False,
+        description="On CUDA, let cuDNN time its convolution algorithms on the first step and "
+        "keep the fastest (torch.backends.cudnn.benchmark); the choice may vary between runs.",
     )
 
     @model_validator(mode="after")

@@ -10,8 +10,8 @@ checkpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +151,10 @@ class Renderer:
         start = last_report = time.perf_counter()
         self.result.running = True
         model = plan.network.model
-        with Capture(model, plan.objective.layers, self.forward) as capture:
+        with (
+            Capture(model, plan.objective.layers, self.forward) as capture,
+            _cudnn_benchmark(optim.cudnn_benchmark),
+        ):
             if not self.result.snapshots:
                 self.result.snapshots.append(self._snapshot(capture, 0))
             try:
@@ -188,15 +191,39 @@ class Renderer:
         self._finish_trace()
         return self.result
 
-    def _step(self, capture: Capture, step: int, redirect: bool) -> torch.Tensor:
+    def step_bytes(self) -> int:
+        """Memory one step holds for its backward pass: the bytes of the tensors autograd
+        saves, each storage counted once, the network's weights left out (they are shared by
+        any batch size). Runs one forward pass without updating anything."""
+        model = self.plan.network.model
+        weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with (
+            Capture(model, self.plan.objective.layers, self.forward) as capture,
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
+            self._score(capture)
+        return sum(saved.values())
+
+    def _score(self, capture: Capture) -> tuple[torch.Tensor, Activations]:
+        """Each item's objective on a randomly transformed image, and the activations."""
         plan = self.plan
-        precision = torch.autocast("cuda", self.dtype) if self.autocast else nullcontext()
-        with redirect_relus(plan.network.model) if redirect else nullcontext():
-            image = plan.param()
-            with precision:
-                x = plan.transforms(image, plan.streams)
-                acts = Activations({**capture.run(x), IMAGE: image})
-                score = plan.objective(acts).float()
+        image = plan.param()
+        with torch.autocast("cuda", self.dtype) if self.autocast else nullcontext():
+            x = plan.transforms(image, plan.streams)
+            acts = Activations({**capture.run(x), IMAGE: image})
+            return plan.objective(acts).float(), acts
+
+    def _step(self, capture: Capture, step: int, redirect: bool) -> torch.Tensor:
+        with redirect_relus(self.plan.network.model) if redirect else nullcontext():
+            score, acts = self._score(capture)
             self.adam.zero_grad(set_to_none=True)
             (-score.sum() * self.loss_scale).backward()
         self.adam.step()
@@ -247,6 +274,17 @@ class Renderer:
             for name, leaf in zip(self.names, self.leaves, strict=True)
         }
         return Snapshot(step, image.detach().float().cpu(), total.tolist(), terms)
+
+
+@contextmanager
+def _cudnn_benchmark(on: bool) -> Iterator[None]:
+    """torch.backends.cudnn.benchmark switched on for the block if `on` (a no-op off CUDA)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def render(plan: Plan, progress: Progress | None = None) -> Result:

@@ -163,13 +163,13 @@ class Pipeline(nn.Module):
 
     def __init__(self, steps: Sequence[Pad | Geometric | Filter], alpha: bool = False) -> None:
         super().__init__()
-        self.steps = list(steps)
         self.alpha = alpha
-        pad = next((s for s in self.steps if isinstance(s, Pad)), Pad(0, "constant", 0.5))
+        pad = next((s for s in steps if isinstance(s, Pad)), Pad(0, "constant", 0.5))
         self.fill = pad.value if pad.mode == "constant" else None
         self.outside = {"constant": "zeros", "reflect": "reflection", "replicate": "border"}[
             pad.mode
         ]
+        self.steps = _without_idle_pads(steps)
 
     def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
         """The transformed batch, cropped back to the input's size (centre) if padding grew it.
@@ -191,6 +191,8 @@ class Pipeline(nn.Module):
             run = []
             x = step(x, streams) if isinstance(step, Filter) else step(x)
         x = self._resample(x, run, streams)
+        if x.shape[-2:] == size:
+            return x
         top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
         return x[..., top : top + size[0], left : left + size[1]]
 
@@ -208,6 +210,25 @@ class Pipeline(nn.Module):
             x - fill, grid, mode="bilinear", padding_mode=self.outside, align_corners=False
         )
         return out + fill
+
+
+def _without_idle_pads(steps: Sequence[Pad | Geometric | Filter]) -> list:
+    """The steps less each constant Pad that only geometric transforms follow.
+
+    Such a pad changes nothing: the resampling reads the fill value outside the image anyway
+    (it samples `x - fill` with zeros outside), and the final crop removes the border again.
+    Dropping it saves resampling the larger canvas and the pad's and crop's backward passes.
+    """
+    steps = list(steps)
+    return [
+        step
+        for i, step in enumerate(steps)
+        if not (
+            isinstance(step, Pad)
+            and step.mode == "constant"
+            and all(isinstance(s, Geometric) for s in steps[i + 1 :])
+        )
+    ]
 
 
 def _compose(matrices: list[torch.Tensor]) -> torch.Tensor:

@@ -179,3 +179,19 @@ def test_compiled_network_renders_the_same(cli, write_config, workdir) -> None:
     a = json.loads((workdir / "a/run.json").read_text())["final"]["objective"][0]
     b = json.loads((workdir / "b/run.json").read_text())["final"]["objective"][0]
     assert abs(a - b) < 1e-3
+
+
+def test_cudnn_benchmark_holds_during_the_run_only(workdir) -> None:
+    import torch
+
+    from fvis.build import build_plan
+    from fvis.config import Config
+    from fvis.render import Renderer
+
+    seen = []
+    config = Config.model_validate(tiny_config(optim={"steps": 3, "cudnn_benchmark": True}))
+    plan = build_plan(config, workdir)
+    before = torch.backends.cudnn.benchmark
+    Renderer(plan).run(lambda step, value: seen.append(torch.backends.cudnn.benchmark))
+    assert seen and all(seen)
+    assert torch.backends.cudnn.benchmark is before

@@ -82,3 +82,28 @@ def test_shared_parameters_are_refused(cli, write_config) -> None:
     result = cli("sweep", path, "--over", "objective.channel=0:2")
     assert result.exit_code == 2
     assert "param.shared ties the batch items together" in result.stderr
+
+
+def test_one_step_needs_memory_in_proportion_to_the_batch(write_config) -> None:
+    path = write_config(tiny_config(param={"size": 32}))
+    items = expand(path, [], ["objective.channel=0:4"])
+
+    def step_bytes(part: list) -> int:
+        return Renderer(build_plan(part[0].config, path.parent, part)).step_bytes()
+
+    one, four = step_bytes(items[:1]), step_bytes(items)
+    image = 3 * 32 * 32 * 4  # the network's input alone, in float32
+    assert one > 4 * image  # the input, the activations of both convolutions...
+    assert 3.5 < four / one < 4.5  # ...all per item: the weights are not counted
+
+
+def test_the_default_batch_fills_half_the_free_memory(write_config, monkeypatch) -> None:
+    from fvis import sweep
+
+    path = write_config(tiny_config(param={"size": 32}))
+    (item,) = expand(path, [], ["objective.channel=1"])
+    need = 2 * Renderer(build_plan(item.config, path.parent, [item])).step_bytes()
+    cap = sweep.MAX_BATCH["cpu"]
+    for free, batch in [(3 * need / sweep.MEMORY_SHARE, 3), (0, 1), (10**15, cap), (None, cap)]:
+        monkeypatch.setattr(sweep, "free_memory", lambda device, free=free: free)
+        assert sweep.default_batch(item, path.parent) == batch

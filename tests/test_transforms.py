@@ -35,6 +35,28 @@ def test_pad_then_fill_with_the_pad_value() -> None:
     assert out[0, 0, 4, 4].item() == 0.0
 
 
+def test_a_constant_pad_before_geometric_transforms_is_skipped_without_changing_the_image() -> None:
+    x = torch.rand(2, 3, 24, 24, requires_grad=True)
+    steps = [Jitter(4), Scale(0.8, 1.2), Rotate(20.0)]
+    pipeline = Pipeline([Pad(6, "constant", 0.3), *steps])
+    assert not any(isinstance(step, Pad) for step in pipeline.steps)
+    out = pipeline(x, streams_for(0, [0, 1]))
+    # The reference pads for real, transforms the 36 px canvas, then crops its centre.
+    canvas = Pipeline(steps)  # no pad given: fills with 0.5, so fill with 0.3 by hand below
+    canvas.fill = 0.3
+    padded = torch.nn.functional.pad(x, (6,) * 4, value=0.3)
+    reference = canvas(padded, streams_for(0, [0, 1]))[..., 6:30, 6:30]
+    assert out.shape == x.shape
+    assert torch.allclose(out, reference, atol=1e-5)
+    grad, reference_grad = (torch.autograd.grad(y.square().sum(), x)[0] for y in (out, reference))
+    assert torch.allclose(grad, reference_grad, atol=1e-5)
+
+
+def test_a_pad_that_a_filter_follows_is_kept() -> None:
+    pipeline = Pipeline([Pad(2, "constant", 0.5), transforms.Blur(1.0, 1.0, 1.0)])
+    assert isinstance(pipeline.steps[0], Pad)
+
+
 def test_rotation_keeps_non_square_images_undistorted(monkeypatch) -> None:
     monkeypatch.setattr(transforms, "_uniform", lambda g, lo, hi: hi)  # exactly +90 degrees
     x = torch.zeros(1, 1, 20, 40)
