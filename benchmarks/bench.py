@@ -55,6 +55,7 @@ CASES = {
 OPTIONS = [
     ("defaults", {}, False),
     ("fold_batchnorm: false", {"fold_batchnorm": False}, False),
+    ("channels_last: false", {"channels_last": False}, False),
     ("channels_last: true", {"channels_last": True}, False),
     ("compile: true", {"compile": True}, False),
     ("cudnn_benchmark: true", {"cudnn_benchmark": True}, True),

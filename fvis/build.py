@@ -108,7 +108,9 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         streams = streams_for(config.seed, list(range(config.param.batch)))
     if config.optim.fold_batchnorm:
         fold_batchnorms(network.model, keep={split_layer(s)[0] for s in objective.layers})
-    if config.optim.channels_last:
+    if config.optim.channels_last is True or (
+        config.optim.channels_last == "auto" and device.type == "cpu"
+    ):
         network = network.to(memory_format=torch.channels_last)
     try:
         param = build_param(

@@ -767,8 +767,10 @@ class OptimSpec(Node):
         description="Fold each eval-mode BatchNorm into the convolution feeding it (same "
         "values up to float rounding, less work); a hooked convolution keeps its own output.",
     )
-    channels_last: bool = Field(
-        False, description="Run the network in channels-last memory format."
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="Run the network in channels-last memory format; auto: on CPUs, where "
+        "the benchmark shows it pays (benchmarks/results.md), off elsewhere.",
     )
     compile: bool = Field(
         False, description="torch.compile the network (slow first steps, then faster on GPUs)."

@@ -159,7 +159,7 @@ def test_a_full_disk_is_a_one_line_error_with_nothing_half_written(
 def test_precision_off_cuda_warns_and_channels_last_changes_nothing(
     cli, write_config, workdir
 ) -> None:
-    config = tiny_config(optim={"steps": 6, "precision": "bf16"})
+    config = tiny_config(optim={"steps": 6, "precision": "bf16", "channels_last": False})
     result = _render(cli, write_config, config, "--out", "a")
     assert result.exit_code == 0, result.output
     assert "warning: bf16 applies on CUDA only; cpu runs in fp32" in result.stderr
@@ -195,3 +195,16 @@ def test_cudnn_benchmark_holds_during_the_run_only(workdir) -> None:
     Renderer(plan).run(lambda step, value: seen.append(torch.backends.cudnn.benchmark))
     assert seen and all(seen)
     assert torch.backends.cudnn.benchmark is before
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("auto", True), (True, True), (False, False)])
+def test_channels_last_is_on_by_default_on_the_cpu(workdir, setting, expected) -> None:
+    import torch
+
+    from fvis.build import build_plan
+    from fvis.config import Config
+
+    config = Config.model_validate(tiny_config(optim={"channels_last": setting}))
+    weight = build_plan(config, workdir).network.model[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) is expected
+    assert weight.is_contiguous() is not expected
