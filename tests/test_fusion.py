@@ -74,38 +74,32 @@ def test_a_hooked_convolution_keeps_its_pre_batchnorm_output() -> None:
     assert torch.allclose(acts["layer1.0.conv1"], acts_f["layer1.0.conv1"], atol=1e-4)
 
 
-class _Shared(nn.Module):
-    """A convolution whose output goes to its BatchNorm and to a skip connection."""
+class _ConvBN(nn.Module):
+    """A convolution and a BatchNorm; subclasses wire them in ways folding must not touch."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
         self.bn = nn.BatchNorm2d(3)
+
+
+class _Shared(_ConvBN):
+    """The convolution's output goes to its BatchNorm and to a skip connection."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         return self.bn(y) + y
 
 
-class _Twice(nn.Module):
-    """One convolution and BatchNorm run twice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
+class _Twice(_ConvBN):
+    """Both modules run twice."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.bn(self.conv(x))))
 
 
-class _Dynamic(nn.Module):
+class _Dynamic(_ConvBN):
     """Control flow on a tensor's value: torch.fx cannot trace it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(x))
