@@ -193,7 +193,7 @@ def run_sweep(
     todo = [i for i in items if i.key not in index or not (folder / i.file).is_file()]
     size = batch or (default_batch(todo[0], path.parent) if todo else 1)
     if progress and todo:
-        progress(f"{len(todo)} items to render, {size} per optimization")
+        progress(f"{len(todo)} items to render, up to {size} per optimization")
     for chunk in groups(todo, size):
         pending = [chunk]
         while pending:
