@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 FVIS := $(VENV)/bin/fvis
 
 .PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench
-.PHONY: regress regress-update regress-render
+.PHONY: regress regress-update regress-render regress-portable drift
 .PHONY: parameterizations shapes-spectrum
 
 install:  ## a virtual environment with fvis and its dev tools
@@ -70,6 +70,19 @@ regress-render:  ## render every regression config into outputs/regression/<name
 
 regress: regress-render  ## render the regression configs and compare them with their goldens
 	$(FVIS) compare $(REGRESS_OUT) $(REGRESS_GOLDENS) $(REGRESS_FLAGS)
+
+# The CPU code paths besides this processor's own that PyTorch's kernels (ATen), oneDNN and MKL
+# pick per processor: another machine renders like one of them.
+CPU_CODE_PATHS := "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41" "MKL_CBWR=COMPATIBLE" \
+  "MKL_CBWR=AVX2"
+
+regress-portable: regress  ## make regress, then again under each other CPU code path (goldens that hold on any CPU)
+	for vars in $(CPU_CODE_PATHS); do \
+	  echo "== $$vars"; env $$vars $(MAKE) --no-print-directory regress || exit 1; \
+	done
+
+drift:  ## how far the regression renders move between CPU code paths, float32 and float64
+	$(PY) benchmarks/drift.py
 
 regress-update: regress-render  ## after an intended change: show what changed, then keep the new renders as goldens
 	$(FVIS) compare $(REGRESS_OUT) $(REGRESS_GOLDENS) $(REGRESS_FLAGS) \

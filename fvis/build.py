@@ -85,7 +85,8 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # random-init models (weights: null) build reproducibly
-    network = build_network(config.model, base).to(device)
+    dtype = torch.float64 if config.optim.float64 else torch.float32
+    network = build_network(config.model, base).to(device, dtype)
     prep = network.prep
     size = config.param.size or prep.size
     channels = config.param.channels or prep.channels
@@ -99,12 +100,14 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         config = config.model_copy(
             update={"param": config.param.model_copy(update={"batch": len(items)})}
         )
-        parts = [_objective(item.config, network, base, size, channels, device) for item in items]
+        parts = [
+            _objective(item.config, network, base, size, channels, device, dtype) for item in items
+        ]
         objective: Objective = Sum(tuple(Masked(part, (i,)) for i, (part, _) in enumerate(parts)))
         warnings = [w for _, found in parts for w in found]
         streams = [streams_for(item.config.seed, [item.key])[0] for item in items]
     else:
-        objective, warnings = _objective(config, network, base, size, channels, device)
+        objective, warnings = _objective(config, network, base, size, channels, device, dtype)
         streams = streams_for(config.seed, list(range(config.param.batch)))
     if config.optim.fold_batchnorm:
         fold_batchnorms(network.model, keep={split_layer(s)[0] for s in objective.layers})
@@ -137,7 +140,7 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         device=device,
         network=network,
         objective=objective,
-        param=param.to(device),
+        param=param.to(device, dtype),
         transforms=build_transforms(config.transforms, size, alpha=config.param.alpha),
         streams=streams,
         warnings=warnings,
@@ -152,6 +155,7 @@ def _objective(
     size: tuple[int, int],
     channels: int,
     device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[Objective, list[tuple[YamlPath, str]]]:
     """The objective minus the regularizers, every layer resolved and checked by shape."""
     roots: list[tuple[YamlPath, ObjectiveNode]] = [(("objective",), config.objective)]
@@ -161,18 +165,17 @@ def _objective(
         for root_loc, root in roots
         for loc, name in layer_fields(root, root_loc)
     }
-    probe = _probe(
-        network, set(specs.values()), torch.full((1, channels, *size), 0.5, device=device)
-    )
+    grey = torch.full((1, channels, *size), 0.5, device=device, dtype=dtype)
+    probe = _probe(network, set(specs.values()), grey)
 
     def activation_of(path: Path, spec: str) -> torch.Tensor:
-        return _probe(network, {spec}, load_image(path, size, channels).to(device))[spec][0]
+        return _probe(network, {spec}, load_image(path, size, channels).to(device, dtype))[spec][0]
 
     ctx = Context(specs, probe, base, config.param.batch, activation_of)
     objective = compile_objective(config.objective, ("objective",), ctx)
     for loc, reg in roots[1:]:
         objective = objective - compile_objective(reg, loc, ctx)
-    return objective.to(device), ctx.warnings
+    return objective.to(device, dtype), ctx.warnings
 
 
 def _probe(network: Network, specs: set[str], image: torch.Tensor) -> dict[str, torch.Tensor]:

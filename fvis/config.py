@@ -762,6 +762,13 @@ class OptimSpec(Node):
         description="Autocast the network to bf16 or fp16 on CUDA (elsewhere fp32 is kept, "
         "with a warning); the image and its optimizer stay fp32.",
     )
+    float64: bool = Field(
+        False,
+        description="Render in float64 (network, parameterization, transforms, objective, "
+        "Adam): rounding differences between processors' kernels then stay far below one 8-bit "
+        "level, so CPU renders match across Intel, AMD and instruction sets (for regression "
+        "goldens). Several times slower; not with precision bf16/fp16.",
+    )
     fold_batchnorm: bool = Field(
         True,
         description="Fold each eval-mode BatchNorm into the convolution feeding it (same "
@@ -783,6 +790,8 @@ class OptimSpec(Node):
 
     @model_validator(mode="after")
     def _thresholds_within_steps(self) -> OptimSpec:
+        if self.float64 and self.precision != "fp32":
+            raise ValueError(f"float64 and precision {self.precision} exclude each other")
         late = [t for t in self.thresholds or [] if t > self.steps]
         if late:
             raise ValueError(f"thresholds {late} exceed steps ({self.steps})")

@@ -32,6 +32,12 @@ from fvis.config import (
 Streams = Sequence[torch.Generator]
 
 
+def _affine(a: float, b: float, c: float, d: float, e: float, f: float) -> torch.Tensor:
+    """The 3x3 matrix [[a, b, c], [d, e, f], [0, 0, 1]] in float64: geometry is composed in
+    double precision whatever the image's dtype, so its rounding is the same on every CPU."""
+    return torch.tensor([[a, b, c], [d, e, f], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g))
 
@@ -51,7 +57,7 @@ class Jitter(Geometric):
 
     def matrix(self, g: torch.Generator) -> torch.Tensor:
         dx, dy = torch.randint(-self.pixels, self.pixels + 1, (2,), generator=g).tolist()
-        return torch.tensor([[1.0, 0.0, -dx], [0.0, 1.0, -dy], [0.0, 0.0, 1.0]])
+        return _affine(1.0, 0.0, -dx, 0.0, 1.0, -dy)
 
 
 class Scale(Geometric):
@@ -62,7 +68,7 @@ class Scale(Geometric):
 
     def matrix(self, g: torch.Generator) -> torch.Tensor:
         s = 1.0 / _uniform(g, self.lo, self.hi)
-        return torch.tensor([[s, 0.0, 0.0], [0.0, s, 0.0], [0.0, 0.0, 1.0]])
+        return _affine(s, 0.0, 0.0, 0.0, s, 0.0)
 
 
 class Rotate(Geometric):
@@ -74,7 +80,7 @@ class Rotate(Geometric):
     def matrix(self, g: torch.Generator) -> torch.Tensor:
         a = math.radians(_uniform(g, -self.degrees, self.degrees))
         c, s = math.cos(a), math.sin(a)
-        return torch.tensor([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+        return _affine(c, s, 0.0, -s, c, 0.0)
 
 
 class Pad:
@@ -202,8 +208,9 @@ class Pipeline(nn.Module):
         h, w = x.shape[-2:]
         theta = torch.stack([_compose([t.matrix(g) for t in run]) for g in streams])
         # Pixel coordinates about the centre -> affine_grid's normalized coordinates.
-        to_pixels = torch.diag(torch.tensor([w / 2.0, h / 2.0, 1.0]))
-        theta = torch.linalg.inv(to_pixels) @ theta @ to_pixels
+        to_pixels = _affine(w / 2.0, 0.0, 0.0, 0.0, h / 2.0, 0.0)
+        to_normalized = _affine(2.0 / w, 0.0, 0.0, 0.0, 2.0 / h, 0.0)
+        theta = to_normalized @ theta @ to_pixels
         grid = F.affine_grid(theta[:, :2].to(x.device, x.dtype), list(x.shape), align_corners=False)
         fill = self.fill or 0.0
         out = F.grid_sample(

@@ -74,6 +74,12 @@ CASES = [
         "optim: thresholds [20] exceed steps (8)",
     ),
     (
+        "float64 with autocast",
+        _replace("steps: 8", "steps: 8\n  float64: true\n  precision: bf16"),
+        "optim:",
+        "optim: float64 and precision bf16 exclude each other",
+    ),
+    (
         "image too small",
         _replace("size: 24", "size: [24, 2]"),
         "size: [24, 2]",

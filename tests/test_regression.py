@@ -1,18 +1,25 @@
 """fvis's own regression renders: each config in tests/regression/configs renders like its golden.
 
-The goldens were rendered on CPU (every config pins `device: cpu`); on the platform and library
-versions recorded in their run.json a render is byte-identical, so the default thresholds of
-`fvis compare` hold with room to spare. After an intended change to what fvis renders, refresh
-them with `make regress-update` and commit the new files.
+The goldens were rendered on CPU (every config pins `device: cpu`), most in float64
+(`optim.float64`), so that they hold on any processor: PyTorch, oneDNN and MKL pick their kernels
+per processor, and Adam turns a last-bit float32 difference into a visible one. The checks run
+here with this CPU's own code paths and in subprocesses under each other path
+(`CPU_CODE_PATHS`). After an intended change to what fvis renders, refresh them with
+`make regress-update`, check them with `make regress-portable` and commit the new files.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+import fvis.zoo
 from fvis.writers import LABEL_HEIGHT, LABEL_WIDTH
 
 REGRESSION = Path(__file__).parent / "regression"
@@ -20,6 +27,27 @@ CONFIGS = REGRESSION / "configs"
 GOLDENS = REGRESSION / "goldens"
 NAMES = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 MAX_GOLDEN_BYTES = 300_000
+
+# The Makefile's CPU_CODE_PATHS: environments under which PyTorch's kernels (ATen), oneDNN and MKL
+# take the code paths another processor would (generic kernels, MKL's compatible and AVX2 paths).
+CPU_CODE_PATHS = {
+    "generic-kernels": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
+    "mkl-avx2": {"MKL_CBWR": "AVX2"},
+}
+
+# Renders every regression config in one process (the variables must be set before torch loads).
+RENDER_ALL = """
+import sys
+from pathlib import Path
+from fvis.cli import app
+configs, out = Path(sys.argv[1]), Path(sys.argv[2])
+for config in sorted(configs.glob("*.yaml")):
+    args = ["render", str(config), "--out", str(out / config.stem), "-q"]
+    code = app(args, standalone_mode=False)
+    if code:
+        sys.exit(f"{config.name}: exit {code}")
+"""
 
 
 def _render(cli, name: str, out: Path, *overrides: str) -> Path:
@@ -44,6 +72,57 @@ def test_render_matches_its_golden(cli, tmp_path: Path, name: str) -> None:
     assert result.exit_code == 0, result.stdout
     assert "ok: " in result.stdout
     assert not (run / "diff").exists()
+
+
+@pytest.mark.parametrize("path", sorted(CPU_CODE_PATHS))
+def test_goldens_hold_on_every_cpu_code_path(cli, tmp_path: Path, path: str) -> None:
+    """What another processor renders: the same goldens pass with the default thresholds."""
+    env = {**os.environ, **CPU_CODE_PATHS[path]}
+    done = subprocess.run(
+        [sys.executable, "-c", RENDER_ALL, CONFIGS, tmp_path],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = cli("compare", tmp_path, GOLDENS)
+    assert result.exit_code == 0, result.stdout
+    assert f"ok: {tmp_path} matches" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("class-logit", ["optim.lr=0.055"]),  # learning rate +10 %
+        ("regularized", ["objective.terms.1.weight=-0.022"]),  # one term's weight +10 %
+        ("conv3-channel", ["objective.channel=6"]),  # another channel
+        ("conv2-neuron-pixel", ["optim.lr=0.055"]),  # the float32 golden is as sensitive
+    ],
+)
+def test_a_changed_config_fails(cli, tmp_path: Path, name: str, overrides: list[str]) -> None:
+    """The portable goldens still catch what a regression check is for."""
+    run = _render(cli, name, tmp_path / name, *overrides)
+    result = cli("compare", run, GOLDENS / name)
+    assert result.exit_code == 1, result.stdout
+    assert "regression: " in result.stdout
+
+
+def test_changed_model_weights_fail(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zoo model with its conv2 weights 1 % larger no longer renders like the golden."""
+    load = fvis.zoo.load
+
+    def scaled(name: str) -> torch.nn.Module:
+        model = load(name)
+        with torch.no_grad():
+            model.conv2.conv.weight.mul_(1.01)
+        return model
+
+    monkeypatch.setattr(fvis.zoo, "load", scaled)
+    run = _render(cli, "class-logit", tmp_path / "class-logit")
+    result = cli("compare", run, GOLDENS / "class-logit")
+    assert result.exit_code == 1, result.stdout
+    assert "regression: 1 of 1 images differ" in result.stdout
 
 
 def test_changed_default_fails_with_a_diff_image(cli, tmp_path: Path) -> None:

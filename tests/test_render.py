@@ -208,3 +208,36 @@ def test_channels_last_is_on_by_default_on_the_cpu(workdir, setting, expected) -
     weight = build_plan(config, workdir).network.model[0].weight
     assert weight.is_contiguous(memory_format=torch.channels_last) is expected
     assert weight.is_contiguous() is not expected
+
+
+def test_float64_renders_in_double_from_the_same_start(workdir) -> None:
+    """optim.float64 moves the network, image parameters, objective tensors and Adam to double
+    precision; the run starts from the float32 run's image and ends close to it."""
+    import torch
+
+    from fvis.build import build_plan
+    from fvis.config import Config
+    from fvis.render import Renderer
+
+    vector = {"random": 3}
+    objective = {"kind": "direction", "layer": "conv2", "vector": vector}
+    results, plans = {}, {}
+    for double in (False, True):
+        config = Config.model_validate(
+            tiny_config(objective=objective, optim={"steps": 4, "float64": double})
+        )
+        plans[double] = plan = build_plan(config, workdir)
+        results[double] = Renderer(plan).run()
+    plan = plans[True]
+    assert {p.dtype for p in plan.param.parameters()} == {torch.float64}
+    assert {p.dtype for p in plan.network.parameters()} == {torch.float64}
+    (leaf,) = plan.objective.leaves()
+    assert {v.dtype for v in vars(leaf).values() if isinstance(v, torch.Tensor)} == {torch.float64}
+    assert {p.dtype for p in plans[False].param.parameters()} == {torch.float32}
+    single, double = results[False], results[True]
+    assert double.final.images.dtype == torch.float32  # snapshots are written as before
+    assert torch.allclose(single.initial.images, double.initial.images, atol=1e-6)
+    assert not torch.equal(single.final.images, double.final.images)
+    assert abs(single.final.objective[0] - double.final.objective[0]) < 0.05 * abs(
+        single.final.objective[0]
+    )

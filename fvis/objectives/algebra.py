@@ -56,12 +56,14 @@ class Objective:
         """Every layer spec the objective reads: the hooks come from here."""
         return {layer for leaf in self.leaves() for layer in leaf.reads}
 
-    def to(self, device: torch.device) -> Objective:
-        """Move the tensors the leaves hold (directions, weights, targets) to a device, once."""
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> Objective:
+        """Move the tensors the leaves hold (directions, weights, targets) to a device, once;
+        floating ones take `dtype` (the render's)."""
         for leaf in self.leaves():
             for key, value in vars(leaf).items():
                 if isinstance(value, torch.Tensor):
-                    setattr(leaf, key, value.to(device))
+                    cast = dtype if value.is_floating_point() else None
+                    setattr(leaf, key, value.to(device, cast))
         return self
 
     def __add__(self, other: Objective | float) -> Objective:
