@@ -18,8 +18,11 @@ test:  ## the default (fast) test suite
 test-all:  ## every test, slow ones included
 	$(PY) -m pytest -q -m ''
 
-lint:
+lint:  ## ruff (lint and format), the import layers contract (pyproject.toml) and mypy
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
+	$(VENV)/bin/mypy fvis
 
 render:  ## the README's main command
 	$(FVIS) render configs/quickstart.yaml --force

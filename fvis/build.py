@@ -4,55 +4,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from fvis.config import Config, ObjectiveNode
+from fvis.config import Config, DeviceOptions, ObjectiveNode
 from fvis.errors import SpecError, UserError, YamlPath
 from fvis.fusion import fold_batchnorms
 from fvis.hooks import IMAGE, Capture, resolve_layer, select, split_layer
-from fvis.models import Network, build_network
+from fvis.io import read_image
+from fvis.models import Network, build_network, resolve_device
 from fvis.objectives import Objective
 from fvis.objectives.algebra import Masked, Sum
-from fvis.objectives.compile import Context, compile_objective, layer_fields
-from fvis.params import ImageParam, build_param
-from fvis.transforms import Pipeline, build_transforms
-
-
-@dataclass
-class Plan:
-    """Everything a render needs, on its device."""
-
-    config: Config
-    device: torch.device
-    network: Network
-    objective: Objective
-    param: ImageParam
-    transforms: Pipeline
-    streams: list[torch.Generator]
-    warnings: list[tuple[YamlPath, str]]
-    base: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and (
-        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
-    ):
-        raise SpecError(("device",), f"{name} is not available on this machine (try auto or cpu)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SpecError(("device",), "mps is not available on this machine (try auto or cpu)")
-    return device
+from fvis.objectives.compile import Context, layer_fields
+from fvis.params import build_param
+from fvis.render import Plan
+from fvis.transforms import build_transforms
 
 
 def item_seed(seed: int, key: object) -> int:
@@ -84,8 +53,9 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
     item, so it renders the same in any batch, at any position.
     """
     device = resolve_device(config.device)
+    options, warnings = _device_options(config.optim.device_options, device)
     torch.manual_seed(config.seed)  # random-init models (weights: null) build reproducibly
-    dtype = torch.float64 if config.optim.float64 else torch.float32
+    dtype = torch.float64 if options.float64 else torch.float32
     network = build_network(config.model, base).to(device, dtype)
     prep = network.prep
     size = config.param.size or prep.size
@@ -97,23 +67,19 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         )
 
     if items:
-        config = config.model_copy(
-            update={"param": config.param.model_copy(update={"batch": len(items)})}
-        )
         parts = [
             _objective(item.config, network, base, size, channels, device, dtype) for item in items
         ]
         objective: Objective = Sum(tuple(Masked(part, (i,)) for i, (part, _) in enumerate(parts)))
-        warnings = [w for _, found in parts for w in found]
+        warnings += [w for _, found in parts for w in found]
         streams = [streams_for(item.config.seed, [item.key])[0] for item in items]
     else:
-        objective, warnings = _objective(config, network, base, size, channels, device, dtype)
+        objective, found = _objective(config, network, base, size, channels, device, dtype)
+        warnings += found
         streams = streams_for(config.seed, list(range(config.param.batch)))
-    if config.optim.fold_batchnorm:
+    if options.fold_batchnorm:
         fold_batchnorms(network.model, keep={split_layer(s)[0] for s in objective.layers})
-    if config.optim.channels_last is True or (
-        config.optim.channels_last == "auto" and device.type == "cpu"
-    ):
+    if options.channels_last is True or (options.channels_last == "auto" and device.type == "cpu"):
         network = network.to(memory_format=torch.channels_last)
     try:
         param = build_param(
@@ -123,21 +89,15 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
             prep.color_correlation,
             streams,
             base=base,
-            optim=config.optim,
+            preconditioning=config.optim.preconditioning,
             transparency=config.output.transparency,
         )
     except ValueError as exc:
         raise SpecError(("param", "decorrelate"), str(exc)) from None
-    if config.optim.precision != "fp32" and device.type != "cuda":
-        warnings.append(
-            (
-                ("optim", "precision"),
-                f"{config.optim.precision} applies on CUDA only; {device} runs in fp32",
-            )
-        )
     return Plan(
-        config=config,
         device=device,
+        options=options,
+        schedule=config.optim.schedule,
         network=network,
         objective=objective,
         param=param.to(device, dtype),
@@ -146,6 +106,17 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         warnings=warnings,
         base=base,
     )
+
+
+def _device_options(
+    options: DeviceOptions, device: torch.device
+) -> tuple[DeviceOptions, list[tuple[YamlPath, str]]]:
+    """The options as they apply on `device`: autocast is CUDA's only (fp32 elsewhere, with a
+    warning)."""
+    if options.precision == "fp32" or device.type == "cuda":
+        return options, []
+    warning = f"{options.precision} applies on CUDA only; {device} runs in fp32"
+    return replace(options, precision="fp32"), [(("optim", "precision"), warning)]
 
 
 def _objective(
@@ -169,12 +140,13 @@ def _objective(
     probe = _probe(network, set(specs.values()), grey)
 
     def activation_of(path: Path, spec: str) -> torch.Tensor:
-        return _probe(network, {spec}, load_image(path, size, channels).to(device, dtype))[spec][0]
+        image = read_image(path, "L" if channels == 1 else "RGB", size)[None]
+        return _probe(network, {spec}, image.to(device, dtype))[spec][0]
 
     ctx = Context(specs, probe, base, config.param.batch, activation_of)
-    objective = compile_objective(config.objective, ("objective",), ctx)
+    objective = ctx.compile(config.objective, ("objective",))
     for loc, reg in roots[1:]:
-        objective = objective - compile_objective(reg, loc, ctx)
+        objective = objective - ctx.compile(reg, loc)
     return objective.to(device, dtype), ctx.warnings
 
 
@@ -199,17 +171,3 @@ def _probe(network: Network, specs: set[str], image: torch.Tensor) -> dict[str, 
         except TypeError as exc:
             raise UserError(str(exc)) from None
     return probe
-
-
-def load_image(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
-    """An image file as [1, C, H, W] in [0, 1], resized to `size` (bilinear)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            mode = {1: "L", 3: "RGB"}.get(channels, "RGB")
-            pixels = image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            data = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path}: not a readable image ({exc})") from None
-    return data.view(size[0], size[1], -1).permute(2, 0, 1)[None].float() / 255

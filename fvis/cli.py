@@ -13,7 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fvis.config import Config, Loaded, Source, load_config
+from fvis.config import (
+    Config,
+    Loaded,
+    Source,
+    TorchvisionModelSpec,
+    ZooModelSpec,
+    load_config,
+    objective_kinds,
+)
 from fvis.errors import SpecError, UserError
 
 if TYPE_CHECKING:
@@ -113,7 +121,7 @@ def render(
     ] = None,
 ) -> None:
     """Render a feature visualization: writes grid.png, image_<i>.png and run.json."""
-    from fvis import runs
+    from fvis import runs  # lazy: start-up time
 
     base = config.parent if config else Path()
     if resume:
@@ -125,9 +133,9 @@ def render(
     loaded = _load(config, overrides)
     cfg = loaded.config
     run_dir = resume or out_dir or cfg.output.dir / str(cfg.name)
-    from fvis.build import build_plan
-    from fvis.render import Renderer
-    from fvis.writers import prepare_run_dir
+    from fvis.build import build_plan  # lazy: start-up time
+    from fvis.render import Renderer  # lazy: start-up time
+    from fvis.writers import prepare_run_dir  # lazy: start-up time
 
     with user_errors(loaded.source):
         plan = build_plan(cfg, base)
@@ -138,8 +146,8 @@ def render(
         else:
             prepare_run_dir(run_dir, force)
         with _progress(str(cfg.name), cfg.optim.steps, quiet) as report, _stop_on(renderer):
-            renderer.run(report, lambda r: runs.save_progress(run_dir, plan, r))
-        result = runs.finish(run_dir, plan, renderer)
+            renderer.run(report, lambda r: runs.save_progress(run_dir, cfg, plan, r))
+        result = runs.finish(run_dir, cfg, plan, renderer)
     final = result.final.objective
     summary = (
         f"{cfg.name}: {result.status}, {result.steps_done} steps in {result.seconds:.1f}s on "
@@ -180,7 +188,7 @@ def _progress(name: str, steps: int, quiet: bool) -> Iterator[Callable[[int, flo
     if quiet:
         yield None
         return
-    from rich.progress import (
+    from rich.progress import (  # lazy: start-up time
         BarColumn,
         MofNCompleteColumn,
         Progress,
@@ -247,7 +255,7 @@ def sweep(
 ) -> None:
     """Render one image per value (e.g. every channel of a layer), many per optimization:
     writes one PNG per item, sheet.png and sweep.json; items already there are skipped."""
-    from fvis.sweep import SHEET, run_sweep
+    from fvis.sweep import SHEET, run_sweep  # lazy: start-up time
 
     report = None if quiet else (lambda line: err.print(line, markup=False))
     with user_errors():
@@ -269,7 +277,7 @@ def validate(
     """Check a config file without rendering; exit 2 with every error found."""
     loaded = _load(config, overrides)
     if deep:
-        from fvis.build import build_plan
+        from fvis.build import build_plan  # lazy: start-up time
 
         with user_errors(loaded.source):
             _warn(loaded, build_plan(loaded.config, config.parent).warnings)
@@ -284,11 +292,9 @@ def _warn(loaded: Loaded, warnings: list[tuple[tuple[str | int, ...], str]]) -> 
 
 @app.command()
 def objectives() -> None:
-    """List every objective kind with what it computes and its parameters."""
-    from fvis.config import objective_kinds
-
+    """List every objective kind with what it computes, its parameters and its expression form."""
     table = Table(title="objective kinds (every kind also takes weight and batch)")
-    for column in ("kind", "what it computes", "parameters"):
+    for column in ("kind", "what it computes", "parameters", "in an expression"):
         table.add_column(column)
     for kind, node in objective_kinds().items():
         params = [
@@ -296,7 +302,11 @@ def objectives() -> None:
             for name, info in node.model_fields.items()
             if name not in ("kind", "weight", "batch")
         ]
-        table.add_row(kind, (node.__doc__ or "").strip().splitlines()[0], ", ".join(params))
+        if node.model_config.get("extra") == "allow":
+            params.append("any other key")
+        call = f"{kind}({', '.join(node.positional)})" if node.positional else "operator"
+        doc = (node.__doc__ or "").strip().splitlines()[0]
+        table.add_row(kind, doc, ", ".join(params), call)
     out.print(table)
 
 
@@ -310,12 +320,12 @@ def attribute(
 ) -> None:
     """Attribute decisions to input pixels with Captum's methods: writes grid.png,
     attributions.safetensors and attribution.json (metrics, timings, versions)."""
-    from fvis.attribution.config import load_attribution
+    from fvis.attribution.config import load_attribution  # lazy: start-up time
 
     with user_errors():
         cfg, source = load_attribution(config, overrides or [])
-    from fvis.attribution.run import build, run, write
-    from fvis.writers import prepare_run_dir
+    from fvis.attribution.run import build, run, write  # lazy: start-up time
+    from fvis.writers import prepare_run_dir  # lazy: start-up time
 
     run_dir = out_dir or cfg.output.dir / str(cfg.name)
     report = None if quiet else (lambda line: err.print(line, markup=False))
@@ -344,7 +354,7 @@ def schema(
 ) -> None:
     """Print the config's JSON schema (for editor completion and validation)."""
     if attribution:
-        from fvis.attribution.config import AttributionConfig
+        from fvis.attribution.config import AttributionConfig  # lazy: start-up time
 
         out.print_json(json.dumps(AttributionConfig.model_json_schema()))
         return
@@ -369,10 +379,10 @@ def layers(
     ] = None,
 ) -> None:
     """List every hookable layer of a model with its output shape (one dry forward)."""
-    import torch
+    import torch  # lazy: start-up time
 
-    from fvis.hooks import layer_table
-    from fvis.models import build_network
+    from fvis.hooks import layer_table  # lazy: start-up time
+    from fvis.models import build_network  # lazy: start-up time
 
     base, spec = _model_target(target)
     with user_errors():
@@ -391,8 +401,6 @@ def layers(
 
 def _model_target(target: str):  # type: ignore[no-untyped-def]
     """(base folder, model spec) from a config path or a 'source:name' shorthand."""
-    from fvis.config import TorchvisionModelSpec, ZooModelSpec
-
     path = Path(target)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return path.parent, _load(path, None).config.model
@@ -460,8 +468,8 @@ def compare(
     Images are compared by mean absolute difference and SSIM, objective values by relative
     tolerance; a missing image, run or value, or an image of another size, is a regression.
     """
-    from fvis.compare import Thresholds, tables
-    from fvis.compare import compare as run_compare
+    from fvis.compare import Thresholds, tables  # lazy: start-up time
+    from fvis.compare import compare as run_compare  # lazy: start-up time
 
     with user_errors():
         report = run_compare(
@@ -496,7 +504,7 @@ def spectrum(
 ) -> None:
     """Mean Fourier spectrum of a folder of images: a magnitude template for `param.kind: maco`
     (`param.spectrum: FILE`)."""
-    from fvis.spectrum import folder_spectrum, save_spectrum
+    from fvis.spectrum import folder_spectrum, save_spectrum  # lazy: start-up time
 
     if not folder.is_dir():
         fail(f"{folder}: not a folder")
@@ -534,7 +542,7 @@ def cppn(
     ] = None,
 ) -> None:
     """Render a CPPN run's images again at another size, from the same weights."""
-    from fvis.extras import render_cppn
+    from fvis.extras import render_cppn  # lazy: start-up time
 
     h, sep, w = size.lower().partition("x")
     if not (h.isdigit() and (w.isdigit() or not sep)) or not 8 <= int(h) <= 8192:
@@ -557,7 +565,7 @@ def cppn(
 @zoo_app.command("list")
 def zoo_list() -> None:
     """Show the built-in models, their classes and layers."""
-    from fvis import zoo
+    from fvis import zoo  # lazy: start-up time
 
     for model in zoo.MODELS.values():
         table = Table(title=f"{model.name}: {model.description}")
@@ -581,10 +589,11 @@ def zoo_train(
     With the default seed the weights are byte-identical to the shipped ones on the same
     platform and torch version (compare with `sha256sum`).
     """
-    from fvis.zoo import MODELS, sha256_file
-    from fvis.zoo.train import train
+    from fvis.zoo import MODELS, sha256_file  # lazy: start-up time
+    from fvis.zoo.train import train  # lazy: start-up time
 
-    metrics = train(seed=seed, out=out_path, log=lambda line: err.print(line, markup=False))
+    with user_errors():
+        metrics = train(seed=seed, out=out_path, log=lambda line: err.print(line, markup=False))
     out.print_json(json.dumps(metrics))
     same = sha256_file(out_path) == MODELS["shapes"].sha256
     err.print(f"{out_path}: {'identical to' if same else 'differs from'} the shipped weights")

@@ -8,7 +8,6 @@ either side without its counterpart is a failure.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Iterator
@@ -18,13 +17,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from rich.table import Table
 from rich.text import Text
-from torchvision.transforms.functional import pil_to_tensor
 
 from fvis.errors import UserError
-from fvis.writers import grid, png_bytes, write_atomic
+from fvis.io import png_bytes, read_image, write_atomic
+from fvis.writers import grid
 
 RUN_FILES = ("run.json", "sweep.json")
 SSIM_WINDOW = 11
@@ -170,12 +168,7 @@ def load_png(path: Path) -> tuple[torch.Tensor, bytes]:
     """An image file as [C, H, W] float64 in [0, 1] (grey stays 1 channel, others become RGB),
     with the file's bytes for exact comparison."""
     data = path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = image if image.mode in ("L", "RGB") else image.convert("RGB")
-            return pil_to_tensor(pixels).double() / 255, data
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path}: not a readable image ({exc})") from None
+    return read_image(path, None, dtype=torch.float64, data=data), data
 
 
 def check_image(

@@ -13,44 +13,19 @@ tree would hold, so both spellings are validated and compiled by the same code:
     value   := NUMBER | NAME | STRING | "[" [value ("," value)*] "]" | expr-call
                | file(STRING [, STRING]) | random(NUMBER) | image(STRING)
 
-Positional arguments follow each kind's order (`POSITIONAL`); `weight=` and `batch=` work in
-every call. Torch-free, like the config schema.
+Positional arguments follow each kind's order (its schema class's `positional`, passed in as
+`kinds`); `weight=` and `batch=` work in every call. Torch-free, and free of the schema itself,
+which calls it.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# The order of positional arguments of each objective kind.
-POSITIONAL: dict[str, tuple[str, ...]] = {
-    "channel": ("layer", "channel"),
-    "neuron": ("layer", "channel", "x", "y"),
-    "layer": ("layer",),
-    "class_logit": ("index", "layer"),
-    "deepdream": ("layer",),
-    "total_variation": ("layer",),
-    "blur": ("layer", "sigma"),
-    "l1": ("layer", "constant"),
-    "l2": ("layer", "constant"),
-    "l2_mean": ("layer", "constant"),
-    "direction": ("layer", "vector", "cossim_pow"),
-    "dot_cossim": ("layer", "vector", "cossim_pow", "floor"),
-    "cosine": ("layer", "vector"),
-    "neuron_direction": ("layer", "vector", "x", "y"),
-    "angled_neuron_direction": ("layer", "vector", "x", "y"),
-    "dot_orthogonal_penalty": ("layer", "vector", "penalty"),
-    "vector": ("layer", "vector"),
-    "tensor_direction": ("layer", "tensor"),
-    "activation_weights": ("layer", "weights"),
-    "facet": ("layer", "ultimate", "vector", "weights", "strength"),
-    "l2_inversion": ("layer", "target"),
-    "diversity": ("layer",),
-    "alignment": ("layer", "decay", "distance"),
-    "interpolate": ("start", "end"),
-}
 VALUE_CALLS = {"file", "random", "image"}
 
 TOKEN = re.compile(
@@ -89,11 +64,14 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
-def parse_expression(value: Any) -> Any:
-    """A string becomes the objective tree it spells; anything else passes through."""
+def parse_expression(value: Any, kinds: Mapping[str, tuple[str, ...]]) -> Any:
+    """A string becomes the objective tree it spells; anything else passes through.
+
+    `kinds` maps each kind callable in expressions to the names of its positional arguments.
+    """
     if not isinstance(value, str):
         return value
-    parser = _Parser(tokenize(value))
+    parser = _Parser(tokenize(value), kinds)
     tree = parser.expr()
     parser.expect("end")
     if not isinstance(tree, dict):
@@ -102,8 +80,9 @@ def parse_expression(value: Any) -> Any:
 
 
 class _Parser:
-    def __init__(self, tokens: list[Token]) -> None:
+    def __init__(self, tokens: list[Token], kinds: Mapping[str, tuple[str, ...]]) -> None:
         self.tokens = tokens
+        self.kinds = kinds
         self.i = 0
 
     @property
@@ -186,13 +165,13 @@ class _Parser:
 
     def call(self) -> dict[str, Any]:
         name = self.take()
-        if name.text not in POSITIONAL:
-            close = difflib.get_close_matches(name.text, list(POSITIONAL), n=3)
+        if name.text not in self.kinds:
+            close = difflib.get_close_matches(name.text, list(self.kinds), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ExpressionError(f"unknown objective {name.text!r}{hint} (column {name.column})")
         self.expect("op", "(")
         node: dict[str, Any] = {"kind": name.text}
-        positional = iter(POSITIONAL[name.text])
+        positional = iter(self.kinds[name.text])
         while not self.accept(")"):
             if len(node) > 1 and not self.accept(","):
                 found = repr(self.peek.text) if self.peek.text else "the end"
@@ -200,15 +179,15 @@ class _Parser:
                     f"expected ',' or ')', found {found} at column {self.peek.column}"
                 )
             if self.peek.kind == "name" and self.tokens[self.i + 1].text == "=":
-                key = self.take().text
+                key: str | None = self.take().text
                 self.take()
             else:
                 key = next(positional, None)
-                if key is None:
-                    raise ExpressionError(
-                        f"{name.text}() takes at most {len(POSITIONAL[name.text])} positional "
-                        f"arguments (column {self.peek.column})"
-                    )
+            if key is None:
+                raise ExpressionError(
+                    f"{name.text}() takes at most {len(self.kinds[name.text])} positional "
+                    f"arguments (column {self.peek.column})"
+                )
             node[key] = self.value()
         return node
 
@@ -217,7 +196,7 @@ class _Parser:
         if token.kind == "string":
             return self.take().text[1:-1]
         if self.accept("["):
-            items = []
+            items: list[Any] = []
             while not self.accept("]"):
                 if items:
                     self.expect("op", ",")

@@ -10,14 +10,12 @@ size.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import save
 
-from fvis.params import CPPNImage, load_cppn
-
-if TYPE_CHECKING:
-    from fvis.build import Plan
+from fvis.io import png_bytes, to_pil, write_atomic
+from fvis.params import CPPNImage, ImageParam, load_cppn
 
 OPACITY_QUANTILE = 0.99
 """The accumulated gradient at this quantile (per image) and above is fully opaque."""
@@ -31,16 +29,12 @@ def opacity(importance: torch.Tensor) -> torch.Tensor:
     return (importance / top).clamp(0.0, 1.0)
 
 
-def param_files(plan: Plan, images: torch.Tensor) -> dict[str, bytes]:
-    """The extra files of a run, by name: transparency maps of the final `images`, CPPN weights."""
-    from safetensors.torch import save
-
-    from fvis.writers import png_bytes, to_pil
-
-    param = plan.param
+def param_files(param: ImageParam, images: torch.Tensor) -> dict[str, bytes]:
+    """The extra files of a run, by name: transparency maps of the final `images` (when the
+    parameterization tracks its gradients' importance: output.transparency), CPPN weights."""
     files: dict[str, bytes] = {}
     importance = getattr(param, "importance", None)
-    if plan.config.output.transparency and importance is not None:
+    if importance is not None:
         c = param.channels
         for b in range(images.shape[0]):
             a = opacity(importance[b].detach().cpu())
@@ -56,8 +50,6 @@ def param_files(plan: Plan, images: torch.Tensor) -> dict[str, bytes]:
 
 def render_cppn(path: Path, size: tuple[int, int], out_dir: Path) -> list[Path]:
     """Render a run's cppn.safetensors at `size` into out_dir/image_<i>.png; returns the paths."""
-    from fvis.writers import png_bytes, to_pil, write_atomic
-
     param = load_cppn(path, size)
     images = param.render_at(size)
     out_dir.mkdir(parents=True, exist_ok=True)

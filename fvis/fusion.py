@@ -47,7 +47,7 @@ def fold_batchnorms(model: nn.Module, keep: Iterable[str] = ()) -> list[str]:
         conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
         if conv_path in kept or any(calls[id(m)] != 1 or names[id(m)] != 1 for m in (conv, bn)):
             continue
-        _replace(model, conv_path, fuse_conv_bn_eval(conv, bn))
+        _replace(model, conv_path, fuse_conv_bn_eval(conv, bn))  # type: ignore[type-var,arg-type]
         _replace(model, bn_path, nn.Identity())
         folded.append(bn_path)
     return folded
@@ -63,11 +63,12 @@ def _pairs(graph: fx.Graph, model: nn.Module) -> list[tuple[str, str]]:
         source = node.args[0]
         if not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
             continue
-        conv, bn = model.get_submodule(source.target), model.get_submodule(node.target)
+        conv_path, bn_path = str(source.target), str(node.target)
+        conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
         if any(
             type(conv) is conv_type and type(bn) is bn_type for conv_type, bn_type in _PAIRS
         ) and (bn.track_running_stats and bn.running_mean is not None):
-            pairs.append((source.target, node.target))
+            pairs.append((conv_path, bn_path))
     return pairs
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -87,10 +87,13 @@ class Capture:
     """
 
     def __init__(
-        self, model: nn.Module, specs: Iterable[str], forward: nn.Module | None = None
+        self,
+        model: nn.Module,
+        specs: Iterable[str],
+        forward: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
         self.model = model
-        self.forward = model if forward is None else forward
+        self.forward: Callable[[torch.Tensor], Any] = model if forward is None else forward
         self.paths = {split_layer(s)[0] for s in specs} - {IMAGE}
         self.needs_output = OUTPUT in self.paths
         self.modules = self.paths - {OUTPUT}

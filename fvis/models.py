@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import importlib
+import difflib
 import pickle
 import re
-import sys
 import urllib.error
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
+from fvis import zoo
 from fvis.config import (
     CheckpointModelSpec,
     FactoryModelSpec,
@@ -28,6 +29,8 @@ from fvis.config import (
     ZooModelSpec,
 )
 from fvis.errors import SpecError, UserError
+from fvis.factories import load_callable
+from fvis.io import resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +53,9 @@ class Network(nn.Module):
 
     The inner model stays at `.model`, so layer names are the model's own `named_modules()` paths.
     """
+
+    gain: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, model: nn.Module, prep: Preprocessing) -> None:
         super().__init__()
@@ -81,16 +87,35 @@ def build_network(spec: ModelSpec, base: Path) -> Network:
     if not isinstance(model, torch.jit.ScriptModule):  # compiled code: nothing to change
         for module in model.modules():
             if getattr(module, "inplace", False) is True:
-                module.inplace = False
+                setattr(module, "inplace", False)  # noqa: B010 (not every module declares it)
     return Network(model, _preprocessing(spec.input, defaults))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a config names: 'auto' picks CUDA, then MPS, then CPU; an explicit device
+    must exist. (Here, beside the network, so that `fvis attribute` needs no render builder.)"""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise SpecError(("device",), f"{name} is not available on this machine (try auto or cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SpecError(("device",), "mps is not available on this machine (try auto or cpu)")
+    return device
 
 
 def _preprocessing(given: InputSpec, default: Preprocessing) -> Preprocessing:
     """The source's defaults overridden by what the config sets; lengths checked."""
-    prep = replace(
-        default,
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in given if v is not None},
-    )
+    changes: dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in given if v is not None
+    }
+    prep = replace(default, **changes)
     if given.channels is not None and given.mean is None and len(prep.mean) != prep.channels:
         prep = replace(prep, mean=(0.0,) * prep.channels, std=(1.0,) * prep.channels)
     for name in ("mean", "std"):
@@ -115,8 +140,6 @@ IMAGENET = Preprocessing((224, 224), 3, (0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _zoo(spec: ZooModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
-    from fvis import zoo
-
     try:
         entry = zoo.get(spec.name)
         model = zoo.load(spec.name)
@@ -129,7 +152,7 @@ def _zoo(spec: ZooModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
 
 
 def _torchvision(spec: TorchvisionModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
-    import torchvision
+    import torchvision  # lazy: 2 s to import, and only torchvision models need it
 
     try:
         weights_enum = torchvision.models.get_model_weights(spec.name)
@@ -176,7 +199,7 @@ def _checkpoint(spec: CheckpointModelSpec, base: Path) -> tuple[nn.Module, Prepr
     if ":" in spec.arch:
         model, prep = _factory_call(spec.arch, spec.kwargs, base, ("model", "arch")), _plain()
     else:
-        import torchvision
+        import torchvision  # lazy: 2 s to import, and only torchvision models need it
 
         if spec.arch not in torchvision.models.list_models():
             known = torchvision.models.list_models()
@@ -190,9 +213,6 @@ def _checkpoint(spec: CheckpointModelSpec, base: Path) -> tuple[nn.Module, Prepr
 def _read_checkpoint(path: Path) -> Any:
     """A checkpoint's contents: safetensors, or a pickle restricted to tensors and containers."""
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -282,25 +302,7 @@ _BUILDERS: dict[type, Callable[[Any, Path], tuple[nn.Module, Preprocessing]]] = 
 
 def _factory_call(target: str, kwargs: dict[str, Any], base: Path, loc: tuple[str, ...]) -> Any:
     """Import 'module:function' (the config's folder importable) and call it. Trusted code."""
-    module_name, _, attr = target.partition(":")
-    with _importable(base):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise SpecError(loc, f"cannot import {module_name!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise SpecError(loc, f"module {module_name!r} has no callable {attr!r}")
-    return _call(factory, **kwargs)
-
-
-@contextmanager
-def _importable(folder: Path) -> Iterator[None]:
-    sys.path.insert(0, str(folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(folder))
+    return _call(load_callable(target, base, loc), **kwargs)
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -314,15 +316,13 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def _existing(base: Path, path: Path, loc: tuple[str, ...]) -> Path:
-    full = path if path.is_absolute() else base / path
+    full = resolve(base, path)
     if not full.is_file():
         raise SpecError(loc, f"no such file: {full}")
     return full
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown {what} {name!r}{hint}"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from fvis import filters
@@ -38,12 +39,14 @@ from fvis.config import (
     LaplacianParam,
     LowResParam,
     MacoParam,
-    OptimSpec,
     Param,
     ParamNode,
     PixelParam,
+    Preconditioning,
 )
 from fvis.errors import SpecError, UserError
+from fvis.io import read_image, resolve
+from fvis.spectrum import basis_magnitude
 
 # Square root of ImageNet's colour covariance (lucid's published constants), for models
 # that do not provide their own.
@@ -460,8 +463,6 @@ def _fit_stream() -> torch.Generator:
 
 def load_cppn(path: Path, size: tuple[int, int] | None = None) -> CPPNImage:
     """The CPPN a run saved in cppn.safetensors, rendering at `size` (default its own)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -619,9 +620,7 @@ def spectrum_template(
     template = law.expand(depth, -1, -1).clone()
     if spec.spectrum is None:
         return template, spec.init is None
-    from fvis.spectrum import basis_magnitude
-
-    path = spec.spectrum if spec.spectrum.is_absolute() else base / spec.spectrum
+    path = resolve(base, spec.spectrum)
     try:
         magnitude = basis_magnitude(path, size, channels, color)
     except (OSError, ValueError) as exc:
@@ -643,13 +642,13 @@ def build_param(
     streams: Sequence[torch.Generator],
     *,
     base: Path | None = None,
-    optim: OptimSpec | None = None,
+    preconditioning: Preconditioning | None = None,
     transparency: bool = False,
 ) -> ImageParam:
     """The parameterization a spec names, initialized, with its gradient hooks.
 
     Decorrelation applies to 3-channel images only. `base` is the folder relative `init` and
-    `spectrum` paths start from; `optim` brings the gradient preconditioning; `transparency`
+    `spectrum` paths start from; `preconditioning` filters the image gradient; `transparency`
     accumulates the absolute image gradient for transparency maps.
     """
     base = base or Path()
@@ -672,7 +671,7 @@ def build_param(
     param.initialize(streams, _init(spec, param, base, len(streams)))
     if transparency:
         param.track_importance()
-    add_gradient_hooks(param, spec, optim)
+    add_gradient_hooks(param, spec, preconditioning)
     return param
 
 
@@ -681,7 +680,7 @@ def _init(spec: Param, param: ImageParam, base: Path, batch: int) -> Tensor | Pa
     None for a random init."""
     if spec.init is None:
         return None
-    path = spec.init if spec.init.is_absolute() else base / spec.init
+    path = resolve(base, spec.init)
     if not path.is_file():
         raise SpecError(("param", "init"), f"{path}: no such file")
     if path.suffix == ".safetensors":
@@ -693,15 +692,15 @@ def _init(spec: Param, param: ImageParam, base: Path, batch: int) -> Tensor | Pa
             return _cppn_weights(param, path, batch)
         except (OSError, ValueError, KeyError) as exc:
             raise SpecError(("param", "init"), str(exc)) from None
-    from fvis.build import load_image
-
     try:
-        return load_image(path, param.size, param.channels)
+        return read_image(path, "L" if param.channels == 1 else "RGB", param.size)[None]
     except UserError as exc:
         raise SpecError(("param", "init"), str(exc)) from None
 
 
-def add_gradient_hooks(param: ImageParam, spec: ParamNode, optim: OptimSpec | None) -> None:
+def add_gradient_hooks(
+    param: ImageParam, spec: ParamNode, preconditioning: Preconditioning | None
+) -> None:
     """Hooks on the image gradient, run in order after the importance map (which records the
     raw gradient): the alpha penalty, then gradient blurring and pyramid normalization.
 
@@ -719,9 +718,11 @@ def add_gradient_hooks(param: ImageParam, spec: ParamNode, optim: OptimSpec | No
             return out
 
         param.gradient_hooks.append(alpha_penalty)
-    if optim is not None and optim.grad_blur > 0:
-        sigma = optim.grad_blur
+    if preconditioning is None:
+        return
+    if preconditioning.grad_blur > 0:
+        sigma = preconditioning.grad_blur
         param.gradient_hooks.append(lambda grad: filters.gaussian_blur(grad, sigma))
-    if optim is not None and optim.grad_pyramid > 0:
-        levels = optim.grad_pyramid
+    if preconditioning.grad_pyramid > 0:
+        levels = preconditioning.grad_pyramid
         param.gradient_hooks.append(lambda grad: filters.normalize_levels(grad, levels))

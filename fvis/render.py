@@ -13,19 +13,48 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from fvis.build import Plan
+from fvis.config import DeviceOptions, Schedule
+from fvis.errors import YamlPath
 from fvis.hooks import IMAGE, Capture
-from fvis.objectives import Activations
+from fvis.models import Network
+from fvis.objectives import Activations, Objective
+from fvis.params import ImageParam
 from fvis.relu import redirect_relus
+from fvis.transforms import Pipeline
 
 # (step, the step's mean objective) -> None; called a few times per second
 Progress = Callable[[int, float], None]
 REPORT_SECONDS = 0.25
 MAX_TRACE = 1_000_000
+
+
+@dataclass
+class Plan:
+    """Everything a render needs, on its device (made by `fvis.build.build_plan`).
+
+    It lives here, with the loop that consumes it, so that the loop and the writers of its
+    results need nothing from the builder.
+    """
+
+    device: torch.device
+    options: DeviceOptions  # precision resolved: fp32 wherever autocast does not apply
+    schedule: Schedule
+    network: Network
+    objective: Objective
+    param: ImageParam
+    transforms: Pipeline
+    streams: list[torch.Generator]  # one per batch item
+    warnings: list[tuple[YamlPath, str]]
+    base: Path
+
+    @property
+    def batch(self) -> int:
+        return len(self.streams)
 
 
 @dataclass
@@ -81,12 +110,12 @@ class Renderer:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        optim = plan.config.optim
-        self.adam = torch.optim.Adam(plan.param.parameters(), lr=optim.lr)
+        schedule, options = plan.schedule, plan.options
+        self.adam = torch.optim.Adam(plan.param.parameters(), lr=schedule.lr)
         self.leaves = list(plan.objective.leaves())
         self.names = _term_names(self.leaves)
-        self.batch = plan.config.param.batch
-        self.logged = _logged_steps(optim.steps, (1 + len(self.leaves)) * self.batch)
+        self.batch = plan.batch
+        self.logged = _logged_steps(schedule.steps, (1 + len(self.leaves)) * self.batch)
         self.row = {step: i for i, step in enumerate(self.logged)}
         rows = (len(self.logged), 1 + len(self.leaves), self.batch)
         self.trace = torch.zeros(rows, device=plan.device)
@@ -95,10 +124,9 @@ class Renderer:
         self.result = Result()
         self.seconds_before = 0.0
         self.stop_requested: int | None = None
-        self.forward = torch.compile(plan.network) if optim.compile else plan.network
-        cuda = plan.device.type == "cuda"
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(optim.precision)
-        self.autocast = cuda and dtype is not None
+        self.forward = torch.compile(plan.network) if options.compile else plan.network
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.precision)
+        self.autocast = dtype is not None
         self.dtype = dtype or torch.float32
         # fp16 gradients can underflow: scale the loss up. Adam's step does not change with a
         # constant gradient scale, so nothing needs unscaling.
@@ -139,30 +167,32 @@ class Renderer:
         progress: Progress | None = None,
         on_snapshot: Callable[[Renderer], None] | None = None,
     ) -> Result:
-        """Adam on the image parameters up to `optim.steps`; snapshots at 0 and each threshold.
+        """Adam on the image parameters for the schedule's steps; snapshots at 0 and at each of
+        the schedule's snapshot steps.
 
         Scores are maximized, so the loss is minus the sum of the per-item scores (summing
         keeps each item's gradient independent of the batch size). Values stay on the device;
         they are read back (a sync) only a few times per second, for progress and the check
         for non-finite terms, and at snapshots, where `on_snapshot` can save the run.
         """
-        plan, optim = self.plan, self.plan.config.optim
-        snapshot_steps = set(optim.snapshot_steps())
+        plan, schedule = self.plan, self.plan.schedule
+        snapshot_steps = set(schedule.snapshot_steps)
         start = last_report = time.perf_counter()
         self.result.running = True
         model = plan.network.model
         with (
             Capture(model, plan.objective.layers, self.forward) as capture,
-            _cudnn_benchmark(optim.cudnn_benchmark),
+            _cudnn_benchmark(plan.options.cudnn_benchmark),
         ):
             if not self.result.snapshots:
                 self.result.snapshots.append(self._snapshot(capture, 0))
             try:
-                for step in range(self.result.steps_done + 1, optim.steps + 1):
-                    score = self._step(capture, step, redirect=step <= optim.redirected_relu)
+                for step in range(self.result.steps_done + 1, schedule.steps + 1):
+                    redirect = step <= schedule.redirected_relu
+                    score = self._step(capture, step, redirect=redirect)
                     self.result.steps_done = step
                     now = time.perf_counter()
-                    due = now - last_report >= REPORT_SECONDS or step == optim.steps
+                    due = now - last_report >= REPORT_SECONDS or step == schedule.steps
                     if due or step in snapshot_steps:
                         self._check_finite()
                     if step in snapshot_steps:

@@ -10,30 +10,31 @@ from typing import Any
 
 import torch
 
-from fvis.build import Plan
+from fvis.config import Config
 from fvis.errors import UserError
-from fvis.render import Renderer, Result
-from fvis.writers import write_atomic, write_run
+from fvis.io import write_atomic
+from fvis.render import Plan, Renderer, Result
+from fvis.writers import write_run
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def save_progress(run_dir: Path, plan: Plan, renderer: Renderer) -> None:
+def save_progress(run_dir: Path, config: Config, plan: Plan, renderer: Renderer) -> None:
     """The outputs so far (status 'running') and a checkpoint to resume from."""
-    write_run(run_dir, plan, renderer.result)
+    write_run(run_dir, config, plan, renderer.result)
     buffer = io.BytesIO()
     torch.save(renderer.state(), buffer)
     write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
 
 
-def finish(run_dir: Path, plan: Plan, renderer: Renderer) -> Result:
+def finish(run_dir: Path, config: Config, plan: Plan, renderer: Renderer) -> Result:
     """The final outputs; the checkpoint is kept only while the run can still be resumed."""
     result = renderer.result
     if result.status == "complete":
-        write_run(run_dir, plan, result)
+        write_run(run_dir, config, plan, result)
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     else:
-        save_progress(run_dir, plan, renderer)
+        save_progress(run_dir, config, plan, renderer)
     return result
 
 

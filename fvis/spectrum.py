@@ -12,7 +12,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import Tensor
+
+from fvis.io import read_image, write_atomic
 
 FORMAT = "fvis-spectrum-1"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -23,24 +28,6 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_square(path: Path, size: int) -> Tensor:
-    """An image as RGB [3, size, size] in [0, 1]: shorter side resized to `size` (antialiased
-    bicubic), then the centre cropped."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        w, h = rgb.size
-        k = size / min(w, h)
-        rgb = rgb.resize(
-            (max(size, round(w * k)), max(size, round(h * k))), Image.Resampling.BICUBIC
-        )
-        left, top = (rgb.size[0] - size) // 2, (rgb.size[1] - size) // 2
-        rgb = rgb.crop((left, top, left + size, top + size))
-        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    return data.view(size, size, 3).permute(2, 0, 1).float() / 255
-
-
 def cross_power(images: Tensor) -> Tensor:
     """Mean cross-power Re E[X_a conj(X_b)] [C, C, H, W//2+1] of images [N, C, H, W]."""
     x = images - images.mean((2, 3), keepdim=True)
@@ -49,33 +36,28 @@ def cross_power(images: Tensor) -> Tensor:
 
 
 def folder_spectrum(folder: Path, size: int) -> tuple[Tensor, int]:
-    """The mean cross-power of every image in a folder at `size` px, and how many there were."""
+    """The mean cross-power of every image in a folder, and how many there were; each image is
+    read as RGB, its shorter side resized to `size` px (bicubic), its centre cropped square."""
     files = image_files(folder)
     if not files:
         raise ValueError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     total = torch.zeros(3, 3, size, size // 2 + 1)
     for path in files:
-        try:
-            total += cross_power(load_square(path, size)[None])
-        except OSError as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from None
+        square = read_image(
+            path, "RGB", (size, size), fit="crop", resample=Image.Resampling.BICUBIC
+        )
+        total += cross_power(square[None])
     return total / len(files), len(files)
 
 
 def save_spectrum(path: Path, power: Tensor, count: int) -> None:
     """Write a spectrum file (.safetensors with its size and image count as metadata)."""
-    from safetensors.torch import save
-
-    from fvis.writers import write_atomic
-
     meta = {"format": FORMAT, "size": str(power.shape[-2]), "images": str(count)}
     write_atomic(path, save({"cross_power": power.contiguous()}, metadata=meta))
 
 
 def load_spectrum(path: Path) -> Tensor:
     """The cross-power [C, C, S, S//2+1] of a spectrum file."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise ValueError(f"{path}: no such spectrum file (make one with `fvis spectrum FOLDER`)")
     try:

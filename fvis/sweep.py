@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from fvis.config import Config, Loaded, load_config
+from fvis.build import build_plan
+from fvis.config import KINDS, Config, Loaded, load_config
 from fvis.errors import UserError
+from fvis.io import png_bytes, to_json, to_pil, write_atomic
+from fvis.render import Renderer
+from fvis.writers import contact_sheet
 
 INDEX = "sweep.json"
 SHEET = "sheet.png"
-# Objectives that compare batch items with each other cannot be split into sweep items.
-CROSS_BATCH = ("diversity", "alignment", "interpolate")
 
 
 @dataclass
@@ -95,7 +98,8 @@ def _kinds(node: Any) -> Iterator[str]:
 def check_batchable(loaded: Loaded) -> None:
     """Sweep items optimize their own objective: cross-batch objectives and parameters shared
     across the batch cannot be split into items."""
-    used = set(_kinds(loaded.config.model_dump(mode="json")["objective"])) & set(CROSS_BATCH)
+    kinds = _kinds(loaded.config.model_dump(mode="json")["objective"])
+    used = {kind for kind in kinds if KINDS[kind].cross_batch}
     if used:
         raise UserError(
             f"{loaded.source.path}: the objective uses {', '.join(sorted(used))}, which compares "
@@ -133,9 +137,6 @@ def default_batch(item: SweepItem, base: Path) -> int:
     """Items per optimization: as many as fit in MEMORY_SHARE of the device's free memory,
     from one step's measured need for one item (twice what autograd saves: the gradients of
     the saved tensors take about as much again), capped at MAX_BATCH."""
-    from fvis.build import build_plan
-    from fvis.render import Renderer
-
     plan = build_plan(item.config, base, [item])
     cap = MAX_BATCH.get(plan.device.type, MAX_BATCH["cpu"])
     free = free_memory(plan.device)
@@ -148,8 +149,6 @@ def default_batch(item: SweepItem, base: Path) -> int:
 def free_memory(device: Any) -> int | None:
     """Bytes free on a CUDA device, or available to processes on a Linux host; None where
     neither can be read (then the batch is MAX_BATCH, and CUDA out-of-memory halves it)."""
-    import torch
-
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
@@ -178,12 +177,6 @@ def run_sweep(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Render every item not yet in the sweep folder; returns the folder and its index."""
-    import torch
-
-    from fvis.build import build_plan
-    from fvis.render import Renderer
-    from fvis.writers import contact_sheet, png_bytes, to_json, to_pil, write_atomic
-
     loaded = load_config(path, list(overrides))
     items = expand(path, overrides, overs)
     check_batchable(loaded)

@@ -1,17 +1,12 @@
 """Writing a run: labelled PNG grid, one PNG per image, run.json and the resolved config.
 
-Every file is written to a temporary name in its folder and renamed into place, so a reader
-never sees half a file.
+Every file is written with `fvis.io.write_atomic` (to a temporary name in its folder, then
+renamed into place), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import platform
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +15,12 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 import fvis
-from fvis.build import Plan
+from fvis.config import Config
 from fvis.errors import UserError
 from fvis.extras import param_files
-from fvis.render import Result
+from fvis.io import png_bytes, read_image, to_json, to_pil, write_atomic
+from fvis.render import Plan, Result
 
-NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+,\s*)*-?[\d.eE+-]+)\s*\]")
-UMASK = os.umask(0)
-os.umask(UMASK)
 LABEL_HEIGHT = 16
 LABEL_WIDTH = 40
 BACKGROUND = (255, 255, 255)
@@ -45,47 +38,6 @@ def prepare_run_dir(path: Path, force: bool) -> Path:
     except OSError as exc:
         raise UserError(f"{path}: cannot create the run folder ({exc.strerror})") from None
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside `path`, then rename it into place; a failure
-    (full disk, no permission) leaves the old file, or none, and no temporary behind."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({exc.strerror})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def to_pil(image: torch.Tensor, alpha: bool = False) -> Image.Image:
-    """[C, H, W] in [0, 1] -> an 8-bit image: 1 channel grey, 3 RGB, otherwise the first three
-    channels (missing ones black). With `alpha`, the last channel is opacity: grey + alpha -> LA,
-    RGB + alpha -> RGBA."""
-    x = (image.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8)
-    if alpha and x.shape[0] in (2, 4):
-        mode = "LA" if x.shape[0] == 2 else "RGBA"
-        return Image.fromarray(x.permute(1, 2, 0).contiguous().numpy(), mode=mode)
-    if x.shape[0] == 1:
-        return Image.fromarray(x[0].numpy(), mode="L")
-    if x.shape[0] < 3:
-        x = torch.cat([x, torch.zeros(3 - x.shape[0], *x.shape[1:], dtype=torch.uint8)])
-    return Image.fromarray(x[:3].permute(1, 2, 0).contiguous().numpy(), mode="RGB")
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
 
 
 def over_checkerboard(image: Image.Image, square: int = 8) -> Image.Image:
@@ -131,8 +83,9 @@ def grid(
     return sheet
 
 
-def write_run(run_dir: Path, plan: Plan, result: Result) -> list[str]:
-    """grid.png, image_<i>.png per final image, config.yaml and run.json; returns file names."""
+def write_run(run_dir: Path, config: Config, plan: Plan, result: Result) -> list[str]:
+    """grid.png, image_<i>.png per final image, config.yaml (the resolved `config`) and
+    run.json; returns file names."""
     snaps = result.snapshots[1:] or result.snapshots
     batch = snaps[0].images.shape[0]
     rows = [[s.images[b] for s in snaps] for b in range(batch)]
@@ -140,35 +93,29 @@ def write_run(run_dir: Path, plan: Plan, result: Result) -> list[str]:
         rows,
         [f"step {s.step}" for s in snaps],
         [f"#{b}" for b in range(batch)],
-        plan.config.output.cell,
-        alpha=plan.config.param.alpha,
+        config.output.cell,
+        alpha=config.param.alpha,
     )
     files = {"grid.png": png_bytes(sheet)}
     for b in range(batch):
-        files[f"image_{b}.png"] = png_bytes(to_pil(snaps[-1].images[b], plan.config.param.alpha))
-    files.update(param_files(plan, snaps[-1].images))
-    resolved = plan.config.model_dump(mode="json")
+        files[f"image_{b}.png"] = png_bytes(to_pil(snaps[-1].images[b], config.param.alpha))
+    files.update(param_files(plan.param, snaps[-1].images))
+    resolved = config.model_dump(mode="json")
     files["config.yaml"] = yaml.safe_dump(resolved, sort_keys=False).encode()
-    files["run.json"] = to_json(_metadata(plan, result, resolved, sorted(files)))
+    files["run.json"] = to_json(_metadata(config, plan, result, resolved, sorted(files)))
     for name, data in files.items():
         write_atomic(run_dir / name, data)
     return list(files)
 
 
-def to_json(data: Any) -> bytes:
-    """Indented JSON with lists of numbers kept on one line, so long histories stay readable."""
-    text = json.dumps(data, indent=2)
-    return NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text).encode()
-
-
 def _metadata(
-    plan: Plan, result: Result, resolved: dict[str, Any], files: list[str]
+    config: Config, plan: Plan, result: Result, resolved: dict[str, Any], files: list[str]
 ) -> dict[str, Any]:
-    import torchvision
+    import torchvision  # lazy: 2 s to import, for its version only; zoo renders never need it
 
     steps = max(result.steps_done, 1)
     return {
-        "name": plan.config.name,
+        "name": config.name,
         "status": result.status,
         **({"error": result.failure} if result.failure else {}),
         "versions": {
@@ -179,7 +126,7 @@ def _metadata(
         },
         "device": str(plan.device),
         "config_dir": str(plan.base.resolve()),
-        "seed": plan.config.seed,
+        "seed": config.seed,
         "objective": plan.objective.name,
         "steps": result.steps_done,
         "wall_seconds": round(result.seconds, 4),
@@ -214,7 +161,7 @@ def contact_sheet(
     font = ImageFont.load_default()
     for n, (file, label) in enumerate(zip(files, labels, strict=True)):
         x, y = (n % columns) * (cell + 2), (n // columns) * (cell + caption + 2)
-        with Image.open(file) as image:
-            sheet.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+        tile = read_image(file, "RGB", (cell, cell), resample=Image.Resampling.NEAREST)
+        sheet.paste(to_pil(tile), (x, y))
         draw.text((x + 2, y + cell + 2), label[-(cell // 6) :], fill=INK, font=font)
     return sheet

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL
 from fvis.attribution.config import AttributionConfig
 from fvis.attribution.registry import METHODS
-from fvis.writers import to_pil
+from fvis.io import to_pil
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "configs" / "attribution"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from fvis.config import Config
-from fvis.expression import ExpressionError, parse_expression
+from fvis.config.objective import parse_objective
+from fvis.expression import ExpressionError
 
 
 def test_the_issue_example() -> None:
-    tree = parse_expression("channel(m4a, 476) - 1e-4 * l1(m3b)")
+    tree = parse_objective("channel(m4a, 476) - 1e-4 * l1(m3b)")
     assert tree == {
         "kind": "sum",
         "terms": [
@@ -20,7 +21,7 @@ def test_the_issue_example() -> None:
 
 
 def test_precedence_products_powers_and_parentheses() -> None:
-    tree = parse_expression("2 * (layer(a) + layer(b)) ^ 2 * layer(c) / 4")
+    tree = parse_objective("2 * (layer(a) + layer(b)) ^ 2 * layer(c) / 4")
     assert tree == {
         "kind": "product",
         "terms": [
@@ -40,7 +41,7 @@ def test_precedence_products_powers_and_parentheses() -> None:
 
 
 def test_keywords_lists_values_and_nested_objectives() -> None:
-    tree = parse_expression(
+    tree = parse_objective(
         "-neuron(conv3.relu, 2, y=1, batch=[0, 2]) + interpolate(class_logit(1), class_logit(2))"
         " + direction('blocks.3[0]', random(4), cossim_pow=1)"
         " + l2_inversion(conv3, image('cat.png')) + vector(conv4, file('v.npy', 'dir'))"
@@ -104,7 +105,7 @@ def test_syntax_errors(text: str, message: str) -> None:
         .replace("$", r"\$")
         .replace("^", r"\^"),
     ):
-        parse_expression(text)
+        parse_objective(text)
 
 
 def test_an_expression_error_is_reported_at_the_objective_line(write_config, cli) -> None:

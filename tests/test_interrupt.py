@@ -92,7 +92,7 @@ def test_resumed_run_ends_in_the_same_image(write_config, workdir: Path) -> None
     assert first.result.status == "interrupted" and first.result.steps_done == 10
     run_dir = workdir / "run"
     run_dir.mkdir()
-    runs.finish(run_dir, plan, first)
+    runs.finish(run_dir, load_config(path).config, plan, first)
 
     second = Renderer(_plan(path))
     runs.restore(second, run_dir)

@@ -15,10 +15,10 @@ from conftest import tiny_config
 from fvis import filters
 from fvis.build import build_plan, streams_for
 from fvis.config import BilateralTransform, BlurTransform, OptimSpec, PixelParam, load_config
+from fvis.io import to_pil
 from fvis.params import add_gradient_hooks, build_param
 from fvis.render import render
 from fvis.transforms import Blur, Pipeline, build_transforms
-from fvis.writers import to_pil
 from fvis.zoo.quality import high_frequency_share
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -103,7 +103,9 @@ def test_alpha_images_are_composited_over_per_item_backgrounds() -> None:
 
 def _param_with(optim: OptimSpec, **kw: object):
     spec = PixelParam(kind="pixel", decorrelate=False, **kw)  # type: ignore[arg-type]
-    param = build_param(spec, (32, 32), 3, None, streams_for(0, [0]), optim=optim)
+    param = build_param(
+        spec, (32, 32), 3, None, streams_for(0, [0]), preconditioning=optim.preconditioning
+    )
     return param
 
 

@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 
 from fvis.build import streams_for
 from fvis.config import FFTParam, Param, PixelParam
+from fvis.io import read_image, to_pil
 from fvis.params import (
     IMAGENET_COLOR_SQRT,
     CPPNImage,
@@ -22,7 +23,6 @@ from fvis.params import (
     energy_std,
     load_cppn,
 )
-from fvis.writers import to_pil
 from fvis.zoo.data import generate_class
 
 KINDS = ["pixel", "fft", "laplacian", "lowres", "cppn", "maco"]
@@ -134,9 +134,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _load(path: Path, size: int = 32) -> torch.Tensor:
-    from fvis.build import load_image
-
-    return load_image(path, (size, size), 3)[0]
+    return read_image(path, "RGB", (size, size))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -144,12 +144,12 @@ def test_a_full_disk_is_a_one_line_error_with_nothing_half_written(
     import errno
     import os
 
-    from fvis import writers
+    from fvis import io
 
     def full(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(writers.os, "replace", full)
+    monkeypatch.setattr(io.os, "replace", full)
     result = _render(cli, write_config, tiny_config(optim={"steps": 2}))
     assert result.exit_code == 2
     assert result.stderr.strip().endswith("cannot write (No space left on device)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fvis.writers import to_pil
+from fvis.io import to_pil
 
 PERCENTILE = 99.0
 OPACITY = 0.9

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
+from fvis import zoo
 from fvis.attribution.config import (
     FileInput,
     FolderInput,
@@ -24,7 +24,9 @@ from fvis.attribution.config import (
     ZooClassInput,
 )
 from fvis.config import ModelSpec, ZooModelSpec
-from fvis.errors import SpecError, YamlPath
+from fvis.errors import SpecError, UserError, YamlPath
+from fvis.io import read_image, resolve
+from fvis.zoo.data import generate_class
 
 RUN_IMAGE = re.compile(r"^image_(\d+)\.png$")
 
@@ -59,10 +61,10 @@ class Loader:
 
     def image(self, path: Path, loc: YamlPath) -> torch.Tensor:
         """One image file as [1, C, H, W] in [0, 1], fitted to the run's size."""
-        full = self._path(path)
+        full = resolve(self.base, path)
         if not full.is_file():
             raise SpecError(loc, f"no such file: {full}")
-        return fit_size(read_image(full, self.channels, loc), self.size, self.fit)
+        return fit_size(read_file(full, self.channels, loc), self.size, self.fit)
 
     def _source(self, source: InputSource, loc: YamlPath) -> Images:
         if isinstance(source, FileInput):
@@ -76,7 +78,7 @@ class Loader:
         return Images(tensor, names, [None] * len(files))
 
     def _files(self, source: FolderInput | RunInput, loc: YamlPath) -> list[Path]:
-        folder = self._path(source.path)
+        folder = resolve(self.base, source.path)
         if not folder.is_dir():
             raise SpecError((*loc, "path"), f"no such folder: {folder}")
         if isinstance(source, RunInput):
@@ -93,9 +95,6 @@ class Loader:
         return files[: source.limit]
 
     def _zoo_class(self, source: ZooClassInput, loc: YamlPath) -> Images:
-        from fvis import zoo
-        from fvis.zoo.data import generate_class
-
         if not isinstance(self.model, ZooModelSpec):
             raise SpecError(
                 (*loc, "kind"), "zoo_class images need the built-in model (model: {source: zoo})"
@@ -107,9 +106,6 @@ class Loader:
         tensor = fit_size(images, self.size, self.fit)
         names = [f"{classes[index]}#{i}" for i in range(source.count)]
         return Images(tensor, names, [index] * source.count)
-
-    def _path(self, path: Path) -> Path:
-        return path if path.is_absolute() else self.base / path
 
 
 def class_index(label: int | str, classes: Sequence[str] | None, loc: YamlPath) -> int:
@@ -133,18 +129,15 @@ def _run_index(name: str) -> int:
     return int(match[1]) if match else -1
 
 
-def read_image(path: Path, channels: int, loc: YamlPath) -> torch.Tensor:
-    """An image file as [1, C, h, w] in [0, 1] at its own size: grey (C = 1) or RGB (C = 3)."""
+def read_file(path: Path, channels: int, loc: YamlPath) -> torch.Tensor:
+    """An image file as [1, C, h, w] in [0, 1] at its own size: grey (C = 1) or RGB (C = 3);
+    errors located at `loc`."""
     if channels not in (1, 3):
         raise SpecError(loc, f"image files need a 1- or 3-channel model; it takes {channels}")
     try:
-        with Image.open(path) as image:
-            pixels = image.convert("L" if channels == 1 else "RGB")
-            w, h = pixels.size
-            data = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SpecError(loc, f"{path}: not a readable image ({exc})") from None
-    return data.view(h, w, -1).permute(2, 0, 1)[None].float() / 255
+        return read_image(path, "L" if channels == 1 else "RGB")[None]
+    except UserError as exc:
+        raise SpecError(loc, str(exc)) from None
 
 
 def fit_size(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

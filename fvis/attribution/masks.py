@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from fvis.attribution.config import GridMask, ImageMask, Mask
-from fvis.attribution.inputs import read_image
+from fvis.attribution.inputs import read_file
 from fvis.errors import SpecError, YamlPath
+from fvis.io import resolve
 
 
 def feature_mask(spec: Mask, size: tuple[int, int], base: Path, loc: YamlPath) -> torch.Tensor:
@@ -20,7 +21,7 @@ def feature_mask(spec: Mask, size: tuple[int, int], base: Path, loc: YamlPath) -
     if isinstance(spec, GridMask):
         return grid_mask(spec.size, size)
     if isinstance(spec, ImageMask):
-        return image_mask(spec.path if spec.path.is_absolute() else base / spec.path, size, loc)
+        return image_mask(resolve(base, spec.path), size, loc)
     raise AssertionError(f"unhandled mask {spec!r}")
 
 
@@ -38,7 +39,7 @@ def image_mask(path: Path, size: tuple[int, int], loc: YamlPath) -> torch.Tensor
     where = (*loc, "path")
     if not path.is_file():
         raise SpecError(where, f"no such file: {path}")
-    image = read_image(path, 3, where)
+    image = read_file(path, 3, where)
     image = F.interpolate(image, size=size, mode="nearest")
     colours = (image[0] * 255).round().long()
     code = (colours[0] * 256 + colours[1]) * 256 + colours[2]

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import captum
+import numpy as np
 import torch
 import yaml
+from safetensors.torch import save
 
 import fvis
+from fvis import zoo
 from fvis.attribution.baselines import references
 from fvis.attribution.config import AttributionConfig
 from fvis.attribution.heatmaps import PERCENTILE, Scale, grid_image, scale_of
@@ -26,8 +30,8 @@ from fvis.attribution.metrics import Scores, score
 from fvis.attribution.registry import METHODS
 from fvis.config import ZooModelSpec
 from fvis.errors import SpecError, YamlPath
-from fvis.models import Network, build_network
-from fvis.writers import png_bytes, to_json, write_atomic
+from fvis.io import png_bytes, to_json, write_atomic
+from fvis.models import Network, build_network, resolve_device
 
 RESERVED = ("inputs", "targets")
 
@@ -67,8 +71,6 @@ class Outcome:
 
 def build(config: AttributionConfig, base: Path) -> Plan:
     """Build the network, load the inputs, resolve targets and prepare every method."""
-    from fvis.build import resolve_device
-
     device = resolve_device(config.device)
     network = build_network(config.model, base).to(device)
     prep = network.prep
@@ -133,8 +135,6 @@ def run(plan: Plan, report: Callable[[str], None] | None = None) -> Outcome:
 
 def write(run_dir: Path, outcome: Outcome) -> list[str]:
     """grid.png, attributions.safetensors, config.yaml and attribution.json; returns names."""
-    from safetensors.torch import save
-
     plan = outcome.plan
     tensors = {"inputs": plan.images.tensor, "targets": plan.targets}
     for result in outcome.results:
@@ -179,8 +179,6 @@ def captum_failures(prepared: Prepared) -> Iterator[None]:
 
 def reseed(seed: int) -> None:
     """Seed the generators Captum samples from: torch's and numpy's global ones."""
-    import numpy as np
-
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
 
@@ -188,8 +186,6 @@ def reseed(seed: int) -> None:
 def _classes(config: AttributionConfig) -> list[str] | None:
     """Class names where fvis knows them (the built-in models)."""
     if isinstance(config.model, ZooModelSpec):
-        from fvis import zoo
-
         return list(zoo.get(config.model.name).classes)
     return None
 
@@ -288,8 +284,7 @@ def _method_metadata(result: MethodResult) -> dict[str, Any]:
 
 
 def _metadata(outcome: Outcome, resolved: dict[str, Any], files: list[str]) -> dict[str, Any]:
-    import captum
-    import torchvision
+    import torchvision  # lazy: 2 s to import, for its version only; zoo models never need it
 
     plan = outcome.plan
     predicted = plan.logits.argmax(1) if plan.logits.dim() == 2 else None

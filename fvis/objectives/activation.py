@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fvis.hooks import IMAGE
-from fvis.objectives.algebra import Leaf, TermError
+from fvis.objectives.algebra import Leaf, Objective, TermError
+
+if TYPE_CHECKING:
+    from fvis.errors import YamlPath
+    from fvis.objectives.compile import Context
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -64,6 +69,11 @@ def at_position(x: torch.Tensor, col: int | None, row: int | None) -> torch.Tens
         return x[:, x.shape[1] // 2 if col is None else col, :]
     h, w = x.shape[-2:]
     return x[:, :, h // 2 if row is None else row, w // 2 if col is None else col]
+
+
+def _probabilities(x: torch.Tensor) -> bool:
+    """Whether every row of [B, C] is non-negative and sums to 1."""
+    return bool((x >= 0).all() and torch.allclose(x.sum(1), torch.ones(1), atol=1e-3))
 
 
 @dataclass(eq=False)
@@ -139,6 +149,22 @@ class ClassLogit(Leaf):
 
     layer: str
     indices: tuple[int, ...]
+
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        """The logits summed; a warning when the layer looks like probabilities (a softmax)."""
+        layer = ctx.layer(loc)
+        probe = ctx.probe.get(layer)
+        if probe is not None and probe.dim() == 2 and _probabilities(probe):
+            ctx.warnings.append(
+                (
+                    (*loc, "layer"),
+                    f"class_logit reads {layer!r}, which outputs probabilities (softmax); "
+                    "logits give better visualizations: point `layer` at the module before the "
+                    "softmax (`fvis layers CONFIG` lists them)",
+                )
+            )
+        return cls(layer, tuple(node.index))
 
     def __post_init__(self) -> None:
         self.name = f"class_logit({self.layer}, {','.join(map(str, self.indices))})"

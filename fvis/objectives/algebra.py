@@ -8,12 +8,21 @@ return scores to maximize: the render loop is the one place that negates.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fvis.hooks import select
+
+if TYPE_CHECKING:
+    from fvis.errors import YamlPath
+    from fvis.objectives.compile import Context
+
+# Node fields that name layers: built objectives receive them resolved to layer specs.
+LAYER_FIELDS = ("layer", "ultimate")
 
 
 @dataclass
@@ -43,6 +52,21 @@ class Objective:
     """Base class: a named function of the activations returning one score per batch item."""
 
     name: str
+
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        """The objective a config node describes (the class its schema `builds`).
+
+        By default each field of this dataclass takes the node's field of the same name, layer
+        fields resolved to their specs; kinds that load tensors or compile children override it.
+        """
+        values = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.init and f.name in LAYER_FIELDS:
+                values[f.name] = ctx.layer(loc, f.name)
+            elif f.init and f.name in type(node).model_fields:
+                values[f.name] = getattr(node, f.name)
+        return cls(**values)
 
     def __call__(self, acts: Activations) -> torch.Tensor:
         raise NotImplementedError
@@ -175,6 +199,10 @@ class Sum(Objective):
 
     terms: tuple[Objective, ...]
 
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        return cls(_children(node.terms, (*loc, "terms"), ctx))
+
     def __post_init__(self) -> None:
         self.name = " + ".join(t.name for t in self.terms).replace("+ -", "- ")
 
@@ -193,6 +221,10 @@ class Product(Objective):
     """The product of terms, item by item."""
 
     terms: tuple[Objective, ...]
+
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        return cls(_children(node.terms, (*loc, "terms"), ctx))
 
     def __post_init__(self) -> None:
         self.name = " * ".join(_wrapped(t) for t in self.terms)
@@ -214,6 +246,11 @@ class Scaled(Objective):
     term: Objective
     weight: float
 
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        """The `neg` node: its term times -1 (every node's own `weight` applies on top)."""
+        return cls(ctx.compile(node.term, (*loc, "term")), -1.0)
+
     def __post_init__(self) -> None:
         inner = _wrapped(self.term)
         self.name = f"-{inner}" if self.weight == -1 else f"{self.weight:g} * {inner}"
@@ -231,6 +268,10 @@ class Power(Objective):
 
     term: Objective
     exponent: float
+
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        return cls(ctx.compile(node.term, (*loc, "term")), node.exponent)
 
     def __post_init__(self) -> None:
         self.name = f"{_wrapped(self.term)} ** {self.exponent:g}"
@@ -272,6 +313,11 @@ class Interpolate(Objective):
     start: Objective
     end: Objective
 
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        start = ctx.compile(node.start, (*loc, "start"))
+        return cls(start, ctx.compile(node.end, (*loc, "end")))
+
     def __post_init__(self) -> None:
         self.name = f"interpolate({self.start.name} -> {self.end.name})"
 
@@ -287,3 +333,7 @@ class Interpolate(Objective):
 
     def leaves(self) -> Iterator[Leaf]:
         return _unique((self.start, self.end))
+
+
+def _children(nodes: Sequence[Any], loc: YamlPath, ctx: Context) -> tuple[Objective, ...]:
+    return tuple(ctx.compile(node, (*loc, i)) for i, node in enumerate(nodes))

@@ -10,6 +10,7 @@ compared after mapping both by M (e.g. M = Cov^-1/2: a whitened inner product).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +21,11 @@ from fvis.objectives.activation import (
     check_position,
     positions,
 )
-from fvis.objectives.algebra import Activations, Leaf, TermError
+from fvis.objectives.algebra import Activations, Leaf, Objective, TermError
+
+if TYPE_CHECKING:
+    from fvis.errors import YamlPath
+    from fvis.objectives.compile import Context
 
 EPS = 1e-8
 
@@ -60,6 +65,13 @@ class _Directional(Leaf):
     layer: str
     vector: torch.Tensor
     transform: torch.Tensor | None
+
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        """Layer, vector and transform loaded, then this kind's own fields (cossim_pow...)."""
+        own = [f for f in cls.__dataclass_fields__ if f not in ("layer", "vector", "transform")]
+        fields = {name: getattr(node, name) for name in own if name in type(node).model_fields}
+        return cls(ctx.layer(loc), ctx.vector(node, loc), ctx.matrix(node, loc), **fields)
 
     def check(self, shapes: Shapes) -> None:
         check_vector(shapes[self.layer], self.vector, self.transform)
@@ -189,6 +201,14 @@ class TensorDirection(Leaf):
     cossim_pow: float = 0.0
     floor: float = 0.1
 
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        layer = ctx.layer(loc)
+        shape = (*ctx.shapes[layer][1:2], 1, 1)
+        return cls(
+            layer, ctx.tensor(node.tensor, (*loc, "tensor"), shape), node.cossim_pow, node.floor
+        )
+
     def __post_init__(self) -> None:
         self.name = f"tensor_direction({self.layer})"
 
@@ -234,6 +254,10 @@ class ActivationWeights(Leaf):
     layer: str
     weights: torch.Tensor
 
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        return cls(ctx.layer(loc), ctx.vector(node, loc, "weights"))
+
     def __post_init__(self) -> None:
         self.name = f"activation_weights({self.layer})"
 
@@ -254,6 +278,12 @@ class Facet(Leaf):
     vector: torch.Tensor
     weights: torch.Tensor
     strength: float = 1.0
+
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        vector = ctx.vector(node, loc, "vector", "ultimate")
+        weights = ctx.vector(node, loc, "weights")
+        return cls(ctx.layer(loc), ctx.layer(loc, "ultimate"), vector, weights, node.strength)
 
     def __post_init__(self) -> None:
         self.name = f"facet({self.ultimate}, {self.layer})"
@@ -277,6 +307,10 @@ class L2Inversion(Leaf):
 
     layer: str
     target: torch.Tensor
+
+    @classmethod
+    def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
+        return cls(ctx.layer(loc), ctx.target(node, loc))
 
     def __post_init__(self) -> None:
         self.name = f"l2_inversion({self.layer})"

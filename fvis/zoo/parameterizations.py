@@ -18,7 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from fvis.io import png_bytes, read_image, to_pil, write_atomic
+from fvis.zoo.data import sample
+from fvis.zoo.quality import high_frequency_share
 
 CONFIG = Path(__file__).parents[2] / "configs" / "parameterizations.yaml"
 
@@ -52,18 +56,8 @@ def render_all(out_dir: Path) -> None:
         subprocess.run(args, check=True)
 
 
-def load_png(path: Path) -> torch.Tensor:
-    """A PNG as [3, H, W] in [0, 1]."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-        return data.view(rgb.size[1], rgb.size[0], 3).permute(2, 0, 1).float() / 255
-
-
 def table(out_dir: Path) -> tuple[list[str], list[list[torch.Tensor]]]:
     """Markdown table lines and the final images of every variant."""
-    from fvis.zoo.quality import high_frequency_share
-
     lines = [
         "| variant | objective (mean of 3) | high-frequency share | ms / step |",
         "|---|---|---|---|",
@@ -73,7 +67,7 @@ def table(out_dir: Path) -> tuple[list[str], list[list[torch.Tensor]]]:
         run_dir = out_dir / folder_name(variant)
         run = json.loads((run_dir / "run.json").read_text())
         images = [
-            load_png(run_dir / f"image_{b}.png") for b in range(len(run["final"]["objective"]))
+            read_image(run_dir / f"image_{b}.png") for b in range(len(run["final"]["objective"]))
         ]
         objective = sum(run["final"]["objective"]) / len(images)
         share = sum(high_frequency_share(x) for x in images) / len(images)
@@ -84,8 +78,6 @@ def table(out_dir: Path) -> tuple[list[str], list[list[torch.Tensor]]]:
 
 
 def main(argv: list[str]) -> None:
-    from fvis.writers import png_bytes, write_atomic
-
     out_dir = Path(argv[0]) if argv else Path("outputs/parameterizations")
     render_all(out_dir)
     lines, rows = table(out_dir)
@@ -111,10 +103,6 @@ def machine() -> str:
 
 def sheet(rows: list[list[torch.Tensor]], labels: list[str], pad: int = 2) -> Image.Image:
     """Images at their own size in rows, each row labelled on the left."""
-    from PIL import ImageDraw, ImageFont
-
-    from fvis.writers import to_pil
-
     h, w = rows[0][0].shape[-2:]
     left = 150
     out = Image.new("RGB", (left + len(rows[0]) * (w + pad), len(rows) * (h + pad)), "white")
@@ -130,14 +118,11 @@ def sheet(rows: list[list[torch.Tensor]], labels: list[str], pad: int = 2) -> Im
 
 def write_samples(folder: str, count: int, seed: int = 1) -> None:
     """`count` images of the shapes dataset as PNGs (input for `fvis spectrum`)."""
-    from fvis.writers import to_pil
-    from fvis.zoo.data import sample
-
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     images, _ = sample(count, torch.Generator().manual_seed(seed))
     for i, image in enumerate(images):
-        to_pil(image).save(path / f"{i:04d}.png")
+        write_atomic(path / f"{i:04d}.png", png_bytes(to_pil(image)))
 
 
 if __name__ == "__main__":

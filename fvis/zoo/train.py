@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from fvis.io import write_atomic
 from fvis.zoo import MODELS
 from fvis.zoo.data import CLASSES, generate, sample
 from fvis.zoo.net import ShapesNet
@@ -144,7 +145,7 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None
     model.eval()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_canonical(save(state, metadata=metadata)))
+    write_atomic(path, _canonical(save(state, metadata=metadata)))
 
 
 def train(

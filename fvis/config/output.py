@@ -1,0 +1,25 @@
+"""The `output:` node: where and how results are written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import (
+    Field,
+)
+
+from fvis.config.base import Node
+
+
+class OutputSpec(Node):
+    """Where and how results are written."""
+
+    dir: Path = Field(Path("outputs"), description="Folder holding one folder per run name.")
+    cell: int = Field(
+        128, ge=16, le=2048, description="Smallest grid cell in pixels (nearest upscaling)."
+    )
+    transparency: bool = Field(
+        False,
+        description="Also write transparency_<i>.png: each final image with an opacity map from "
+        "the absolute image gradients accumulated over the optimization (MACO's attribution).",
+    )

@@ -1,0 +1,136 @@
+"""The `param:` node: the image parameterization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+)
+
+from fvis.config.base import Node, Size, default_tag
+
+
+class ParamNode(Node):
+    """Fields shared by every image parameterization."""
+
+    size: Size | None = Field(
+        None, description="Image size [height, width] (or one int); default the model's input."
+    )
+    batch: int = Field(1, ge=1, le=4096, description="Number of images optimized together.")
+    channels: int | None = Field(
+        None, ge=1, le=64, description="Image channels; default the model's input channels."
+    )
+    decorrelate: bool = Field(
+        True,
+        description="Optimize in a decorrelated colour space (3-channel images only); uses the "
+        "model's colour statistics when it has them, ImageNet's otherwise.",
+    )
+    squash: Literal["sigmoid", "clamp"] = Field(
+        "sigmoid", description="How values are mapped to the valid [0, 1] range."
+    )
+    sd: float = Field(
+        0.01,
+        gt=0,
+        le=10,
+        description="Standard deviation of the random init (pixel, fft, laplacian, lowres; "
+        "cppn draws its weights, maco its phases).",
+    )
+    init: Path | None = Field(
+        None,
+        description="Start from this image instead of noise (DeepDream on a photo); relative "
+        "to the config's folder. For cppn also a run's cppn.safetensors (continue its CPPN, "
+        "e.g. at another param.size). See docs/parameterizations.md for how each kind fits it.",
+    )
+    shared: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Weight of a component common to the whole batch: item b uses the "
+        "parameters (1 - shared) * own_b + shared * common, so the images of an interpolation "
+        "stay aligned; 0: independent items.",
+    )
+    alpha: bool = Field(
+        False,
+        description="Also learn an alpha (opacity) channel: composited over random backgrounds "
+        "(per item) while optimizing, written as RGBA PNGs.",
+    )
+    alpha_penalty: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="With alpha: weight of the mean opacity, subtracted from each item's score "
+        "(regions that do not help the objective become transparent).",
+    )
+
+
+class PixelParam(ParamNode):
+    """One free value per pixel and channel."""
+
+    kind: Literal["pixel"]
+
+
+class FFTParam(ParamNode):
+    """Fourier coefficients scaled by 1/f^decay: a spectral preconditioner (Olah et al. 2017)."""
+
+    kind: Literal["fft"] = "fft"
+    decay: float = Field(
+        1.0, ge=0, le=4, description="Power of the 1/f scaling; higher is smoother."
+    )
+
+
+class LaplacianParam(ParamNode):
+    """A Laplacian pyramid of learnable levels, each half the size of the one before, summed
+    after upsampling: coarse structure and fine detail move at the same pace."""
+
+    kind: Literal["laplacian"]
+    levels: int = Field(4, ge=1, le=12, description="Number of pyramid levels (full size first).")
+
+
+class LowResParam(ParamNode):
+    """Learned at a lower resolution and upsampled: no detail finer than the factor."""
+
+    kind: Literal["lowres"]
+    factor: int = Field(4, ge=1, le=64, description="Downscaling factor of the learned image.")
+    mode: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="Upsampling: bilinear, or bicubic (smoother, may overshoot)."
+    )
+
+
+class CPPNParam(ParamNode):
+    """A compositional pattern-producing network over (x, y): resolution-free, renders at any
+    size (`fvis cppn RUN/cppn.safetensors --size N`)."""
+
+    kind: Literal["cppn"]
+    width: int = Field(24, ge=2, le=256, description="Units per hidden layer.")
+    depth: int = Field(8, ge=1, le=32, description="Number of hidden layers.")
+
+
+class MacoParam(ParamNode):
+    """Magnitude-constrained optimization (Fel et al. 2023): the Fourier magnitude is fixed to a
+    template, only the phase (and the mean colour) is learned."""
+
+    kind: Literal["maco"]
+    decay: float = Field(
+        1.0, ge=0, le=4, description="Magnitude template 1/f^decay (without a spectrum file)."
+    )
+    spectrum: Path | None = Field(
+        None,
+        description="Magnitude template from `fvis spectrum FOLDER -o FILE` (.safetensors); "
+        "default: the init image's own spectrum with init, the 1/f^decay power law without.",
+    )
+    contrast: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Per-pixel standard deviation the template gives the image before colours "
+        "and squash (not used for the init image's own spectrum).",
+    )
+
+
+Param = Annotated[
+    PixelParam | FFTParam | LaplacianParam | LowResParam | CPPNParam | MacoParam,
+    Field(discriminator="kind"),
+    default_tag("kind", "fft"),
+]

@@ -1,0 +1,84 @@
+"""The ground floor (fvis.io): the one image reader, atomic writes, PNG and JSON encoding, paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fvis.errors import UserError
+from fvis.io import png_bytes, read_image, resolve, to_json, to_pil, write_atomic
+
+
+def _png(path: Path, image: torch.Tensor) -> Path:
+    write_atomic(path, png_bytes(to_pil(image)))
+    return path
+
+
+def test_a_png_reads_back_exactly(tmp_path: Path) -> None:
+    levels = torch.randint(0, 256, (3, 5, 7))
+    path = _png(tmp_path / "a.png", levels.float() / 255)
+    assert torch.equal(read_image(path), levels.float() / 255)
+    assert torch.equal(read_image(path, dtype=torch.float64), levels.double() / 255)
+
+
+def test_modes_grey_rgb_and_as_the_file_is(tmp_path: Path) -> None:
+    grey = _png(tmp_path / "grey.png", torch.rand(1, 4, 4))
+    rgb = _png(tmp_path / "rgb.png", torch.rand(3, 4, 4))
+    assert read_image(grey).shape == (3, 4, 4)
+    assert read_image(rgb, "L").shape == (1, 4, 4)
+    assert read_image(grey, None).shape == (1, 4, 4)
+    assert read_image(rgb, None).shape == (3, 4, 4)
+
+
+def test_stretch_and_crop_to_a_size(tmp_path: Path) -> None:
+    wide = torch.zeros(3, 10, 20)
+    wide[:, :, 5:15] = 1.0  # a white centre band of half the width
+    path = _png(tmp_path / "wide.png", wide)
+    assert read_image(path, size=(6, 8)).shape == (3, 6, 8)
+    square = read_image(path, size=(10, 10), fit="crop", resample=Image.Resampling.NEAREST)
+    assert torch.equal(square, torch.ones(3, 10, 10))  # the centre only
+
+
+def test_bytes_already_read_are_decoded(tmp_path: Path) -> None:
+    path = _png(tmp_path / "a.png", torch.rand(3, 4, 4))
+    assert torch.equal(read_image(path, data=path.read_bytes()), read_image(path))
+
+
+def test_an_unreadable_image_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "not.png"
+    path.write_text("not an image")
+    with pytest.raises(UserError, match=r"not\.png: not a readable image"):
+        read_image(path)
+
+
+def test_a_decompression_bomb_is_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _png(tmp_path / "big.png", torch.rand(3, 20, 20))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses over twice this
+    with pytest.raises(UserError, match=r"big\.png: too large to read safely .*400 pixels"):
+        read_image(path)
+
+
+def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    write_atomic(target, b"old")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["out.bin"]
+    with pytest.raises(UserError, match="cannot write"):
+        write_atomic(tmp_path / "missing" / "out.bin", b"x")
+
+
+def test_to_json_keeps_number_lists_on_one_line() -> None:
+    text = to_json({"values": [1, 2.5, -3e-05], "name": "x"}).decode()
+    assert '"values": [1, 2.5, -3e-05]' in text
+
+
+def test_resolve_against_a_config_folder(tmp_path: Path) -> None:
+    assert resolve(tmp_path, Path("a/b.png")) == tmp_path / "a" / "b.png"
+    assert resolve(tmp_path, Path("/abs/b.png")) == Path("/abs/b.png")
