@@ -320,7 +320,7 @@ def attribute(
 ) -> None:
     """Attribute decisions to input pixels with Captum's methods: writes grid.png,
     attributions.safetensors and attribution.json (metrics, timings, versions)."""
-    from fvis.attribution.config import load_attribution  # lazy: start-up time
+    from fvis.config.attribution import load_attribution  # lazy: start-up time
 
     with user_errors():
         cfg, source = load_attribution(config, overrides or [])
@@ -354,7 +354,7 @@ def schema(
 ) -> None:
     """Print the config's JSON schema (for editor completion and validation)."""
     if attribution:
-        from fvis.attribution.config import AttributionConfig  # lazy: start-up time
+        from fvis.config.attribution import AttributionConfig  # lazy: start-up time
 
         out.print_json(json.dumps(AttributionConfig.model_json_schema()))
         return

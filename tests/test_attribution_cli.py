@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import TINY_MODEL
-from fvis.attribution.config import AttributionConfig
-from fvis.attribution.registry import METHODS
+from fvis.config.attribution import AttributionConfig
+from fvis.config.attribution_methods import METHODS
 from fvis.io import to_pil
 
 ROOT = Path(__file__).parent.parent

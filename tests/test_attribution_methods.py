@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from fvis.attribution.config import METHOD_MODELS, AttributionConfig
-from fvis.attribution.registry import METHODS
 from fvis.attribution.run import Outcome, Plan, build, run
+from fvis.config.attribution import METHOD_MODELS, AttributionConfig
+from fvis.config.attribution_methods import METHODS
 from fvis.errors import SpecError
 
 SIZE = 32

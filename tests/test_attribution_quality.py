@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fvis.attribution.config import AttributionConfig
 from fvis.attribution.run import Outcome, build, run
+from fvis.config.attribution import AttributionConfig
 from fvis.zoo.data import CLASSES
 
 COLOURS = ("red", "green", "blue")

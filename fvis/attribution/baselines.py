@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from fvis.attribution.config import (
+from fvis.attribution.inputs import Loader
+from fvis.config.attribution import (
     Baseline,
     BlurBaseline,
     ConstantBaseline,
@@ -21,7 +22,6 @@ from fvis.attribution.config import (
     SamplesBaseline,
     ZerosBaseline,
 )
-from fvis.attribution.inputs import Loader
 from fvis.errors import SpecError, YamlPath
 
 

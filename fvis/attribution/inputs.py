@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from fvis import zoo
-from fvis.attribution.config import (
+from fvis.config import ModelSpec, ZooModelSpec
+from fvis.config.attribution import (
     FileInput,
     FolderInput,
     InputSource,
     RunInput,
     ZooClassInput,
 )
-from fvis.config import ModelSpec, ZooModelSpec
 from fvis.errors import SpecError, UserError, YamlPath
 from fvis.io import read_image, resolve
 from fvis.zoo.data import generate_class

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fvis.attribution.config import GridMask, ImageMask, Mask
 from fvis.attribution.inputs import read_file
+from fvis.config.attribution import GridMask, ImageMask, Mask
 from fvis.errors import SpecError, YamlPath
 from fvis.io import resolve
 

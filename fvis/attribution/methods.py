@@ -23,10 +23,10 @@ from captum.attr import LayerAttribution, NoiseTunnel
 from torch import nn
 
 from fvis.attribution.baselines import References
-from fvis.attribution.config import Mask, MethodNode, NeuronSpec, method_name
 from fvis.attribution.masks import feature_mask
-from fvis.attribution.registry import CALL_ARGS, METHODS, MethodInfo
 from fvis.attribution.surrogate import linear_surrogate
+from fvis.config.attribution import Mask, MethodNode, NeuronSpec, method_name
+from fvis.config.attribution_methods import CALL_ARGS, METHODS, MethodInfo
 from fvis.errors import SpecError, YamlPath
 from fvis.hooks import IMAGE, OUTPUT, Capture, describe_shape, resolve_layer
 from fvis.models import Network

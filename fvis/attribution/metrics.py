@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from captum.metrics import infidelity, sensitivity_max
 
-from fvis.attribution.config import InfidelitySpec, MetricsSpec, SensitivitySpec
 from fvis.attribution.methods import Prepared, quiet_captum
+from fvis.config.attribution import InfidelitySpec, MetricsSpec, SensitivitySpec
 from fvis.hooks import Capture
 from fvis.models import Network
 

@@ -22,13 +22,13 @@ from safetensors.torch import save
 import fvis
 from fvis import zoo
 from fvis.attribution.baselines import references
-from fvis.attribution.config import AttributionConfig
 from fvis.attribution.heatmaps import PERCENTILE, Scale, grid_image, scale_of
 from fvis.attribution.inputs import Images, Loader, class_index
 from fvis.attribution.methods import Context, Output, Prepared, prepare
 from fvis.attribution.metrics import Scores, score
-from fvis.attribution.registry import METHODS
 from fvis.config import ZooModelSpec
+from fvis.config.attribution import AttributionConfig
+from fvis.config.attribution_methods import METHODS
 from fvis.errors import SpecError, YamlPath
 from fvis.io import png_bytes, to_json, write_atomic
 from fvis.models import Network, build_network, resolve_device

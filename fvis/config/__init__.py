@@ -2,8 +2,11 @@
 
 `fvis.config.render.Config` is the top of a render config; `model`, `objective`, `param`,
 `transforms`, `optim` and `output` hold the node families it is made of, `base` what they share,
-`loader` the YAML reading and error reporting. The package is torch-free so that
-`fvis validate`, `fvis schema` and `--help` stay instant; its names are re-exported here.
+`loader` the YAML reading and error reporting; `attribution` (with the table of its methods,
+`attribution_methods`) is the schema of `fvis attribute`. The package is torch-free so that
+`fvis validate`, `fvis schema` and `--help` stay instant. The render schema's names are
+re-exported here; the attribution schema is imported from its module (it is built from the
+method table, which `fvis render` never needs).
 """
 
 from fvis.config.base import (

@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 
-def _pair(value: Any) -> Any:
+def pair(value: Any) -> Any:
     """Accept `64` as shorthand for `[64, 64]`."""
     return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
 
@@ -34,7 +34,7 @@ def _listify(value: Any) -> Any:
 
 Size = Annotated[
     tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]],
-    BeforeValidator(_pair),
+    BeforeValidator(pair),
 ]
 Indices = Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_listify)]
 

@@ -1,8 +1,9 @@
 """The attribution YAML schema: inputs, target, baselines, feature masks, methods, metrics.
 
-Torch-free like `fvis.config`, whose model spec, output block and error reporting it reuses. The
-method nodes are generated from `fvis.attribution.registry`, so each method accepts exactly the
-parameters its Captum class takes (anything else is an "unknown key" at its line).
+Torch-free like the rest of `fvis.config`: it reuses the model spec, the output block and the
+loader's error reporting. The method nodes are generated from `attribution_methods`, so each
+method accepts exactly the parameters its Captum class takes (anything else is an "unknown key"
+at its line).
 """
 
 from __future__ import annotations
@@ -13,30 +14,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BeforeValidator, Field, create_model, field_validator, model_validator
 
-from fvis.attribution.registry import METHODS, MethodInfo
-from fvis.config import (
-    DeviceName,
-    LayerName,
-    ModelSpec,
-    Node,
-    OutputSpec,
-    Size,
-    Source,
-    ZooModelSpec,
-    validate_file,
-)
+from fvis.config.attribution_methods import METHODS, MethodInfo
+from fvis.config.base import LayerName, Node, Size, pair
+from fvis.config.loader import Source, validate_file
+from fvis.config.model import ModelSpec, ZooModelSpec
+from fvis.config.output import OutputSpec
+from fvis.config.render import DeviceName
 
 # ----------------------------------------------------------------------------- shared types
 
 
-def _pair(value: Any) -> Any:
-    """Accept `8` as shorthand for `[8, 8]`."""
-    return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
-
-
 Pixels = Annotated[
     tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]],
-    BeforeValidator(_pair),
+    BeforeValidator(pair),
 ]
 
 
