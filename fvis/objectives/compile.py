@@ -65,6 +65,13 @@ class Context:
         batch selection and weight applied on top."""
         result = built_class(node.builds).from_node(node, loc, self)
         for leaf in result.leaves():
+            unknown = [layer for layer in leaf.reads if layer not in self.probe]
+            if unknown:  # only a plugin's own objective can read a layer no field named
+                raise SpecError(
+                    loc,
+                    f"{leaf.name} reads {unknown[0]!r}, which the node does not name: pass "
+                    "the layer as the node's `layer` and build the objective on what it gets",
+                )
             try:
                 leaf.check(self.shapes)
             except TermError as exc:

@@ -27,7 +27,7 @@ class Plugin:
         if not isinstance(objective, Objective):
             raise SpecError(
                 (*loc, "factory"),
-                f"{node.factory} returned a {type(objective).__name__}, not an fvis Objective "
+                f"{node.factory} returned {type(objective).__name__!r}, not an fvis Objective "
                 "(subclass fvis.objectives.Leaf)",
             )
         return objective
