@@ -124,7 +124,7 @@ def fvis_case(arch: str, layer: str, batch: int, options: dict | None = None) ->
 
     def run(steps: int) -> None:
         optim = config.optim.model_copy(update={"steps": steps, "thresholds": [steps]})
-        Renderer(dataclasses.replace(plan, config=config.model_copy(update={"optim": optim}))).run()
+        Renderer(dataclasses.replace(plan, schedule=optim.schedule)).run()
         _sync()
 
     return run

@@ -67,7 +67,8 @@ def render_all(out: Path, env: dict[str, str], extra: list[str], configs: Path =
 
 
 def drift_rows(runs: Path) -> list[str]:
-    from fvis.compare import final_values, load_json, load_png, mad, ssim
+    from fvis.compare import final_values, load_json, mad, ssim
+    from fvis.io import read_image
 
     rows = []
     for mode in MODES:
@@ -79,9 +80,8 @@ def drift_rows(runs: Path) -> list[str]:
                 b = final_values(load_json(other / "run.json"))
                 rel = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-6) for k in a)
                 for png in sorted(run.glob("image_*.png")):
-                    x, raw = load_png(png)
-                    y, other_raw = load_png(other / png.name)
-                    same = "yes" if raw == other_raw else "no"
+                    x, y = read_image(png), read_image(other / png.name)
+                    same = "yes" if png.read_bytes() == (other / png.name).read_bytes() else "no"
                     rows.append(
                         f"| {mode} | {path} | {run.name}/{png.name} | {mad(x, y):.4f} | "
                         f"{ssim(x, y):.4f} | {rel:.1e} | {same} |"
