@@ -2,56 +2,64 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FVIS := $(VENV)/bin/fvis
+# The virtual environment as a file: every target that runs fvis or its tools depends on it, so
+# a fresh clone needs no `make install` first, and pyproject.toml newer than it reinstalls.
+INSTALLED := $(VENV)/.installed
 
 .PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench
 .PHONY: regress regress-update regress-render regress-portable drift
 .PHONY: parameterizations shapes-spectrum
 
-install:  ## a virtual environment with fvis and its dev tools
+install: $(INSTALLED)  ## a virtual environment with fvis and its dev tools (other targets make it too)
+
+$(INSTALLED): pyproject.toml
+	@echo "make: installing fvis and its dev tools into $(VENV) (about a minute and a half)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
 
-test:  ## the default (fast) test suite
+test: $(INSTALLED)  ## the default (fast) test suite
 	$(PY) -m pytest -q
 
-test-all:  ## every test, slow ones included
+test-all: $(INSTALLED)  ## every test, slow ones included
 	$(PY) -m pytest -q -m ''
 
-lint:  ## ruff (lint and format), the import layers contract (pyproject.toml) and mypy
+lint: $(INSTALLED)  ## ruff (lint and format), the import layers contract (pyproject.toml) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VENV)/bin/mypy fvis
 
-render:  ## the README's main command
+render: $(INSTALLED)  ## the README's main command
 	$(FVIS) render configs/quickstart.yaml --force
 
-gallery:  ## every example config
-	for f in configs/*.yaml; do $(FVIS) render $$f --force --quiet || exit 1; done
+gallery: $(INSTALLED)  ## every example config, in one process (each into outputs/<name>/)
+	$(FVIS) render configs/*.yaml --force --quiet
 
-sweep-conv3:  ## every channel of the built-in model's conv3, 16 per optimization
+sweep-conv3: $(INSTALLED)  ## every channel of the built-in model's conv3, 16 per optimization
 	$(FVIS) sweep configs/objectives/channel.yaml --over objective.channel=0:64 --out outputs/sweep-conv3
 
-sweep-classes:  ## every class of the built-in model
+sweep-classes: $(INSTALLED)  ## every class of the built-in model
 	$(FVIS) sweep configs/quickstart.yaml --over objective.index=0:10 --out outputs/sweep-classes
 
-bench:  ## fvis vs torch-lucent vs the floor (installs the bench extra); writes benchmarks/results.md
+bench: $(INSTALLED)  ## fvis vs torch-lucent vs the floor (installs the bench extra); writes benchmarks/results.md
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/bench.py
 
-schema:  ## the JSON schema editors read (fvis.schema.json)
+schema: $(INSTALLED)  ## the JSON schemas editors read (fvis.schema.json, fvis.attribution.schema.json)
 	$(FVIS) schema > fvis.schema.json
+	$(FVIS) schema --attribution > fvis.attribution.schema.json
 
-parameterizations:  ## every parameterization and frequency cure on one objective (docs/parameterizations.md)
+parameterizations: $(INSTALLED)  ## every parameterization and frequency cure on one objective (docs/parameterizations.md)
 	$(PY) -m fvis.zoo.parameterizations outputs/parameterizations docs/images/parameterizations.png
 
-shapes-spectrum:  ## MACO's magnitude template for the built-in model, from 500 dataset images
+shapes-spectrum: $(INSTALLED)  ## MACO's magnitude template for the built-in model, from 500 dataset images
 	rm -rf outputs/shapes-samples
 	$(PY) -c "from fvis.zoo.parameterizations import write_samples; write_samples('outputs/shapes-samples', 500)"
 	$(FVIS) spectrum outputs/shapes-samples --size 64 -o configs/shapes.spectrum.safetensors
 
-readme-images:  ## the grids shown in README.md
+readme-images: $(INSTALLED)  ## the grids shown in README.md
 	$(FVIS) render configs/quickstart.yaml --force --quiet
 	$(FVIS) render configs/classes.yaml --force --quiet
 	cp outputs/quickstart/grid.png docs/images/quickstart.png
@@ -65,11 +73,9 @@ REGRESS_GOLDENS := tests/regression/goldens
 REGRESS_OUT := outputs/regression
 REGRESS_FLAGS ?=
 
-regress-render:  ## render every regression config into outputs/regression/<name>/
+regress-render: $(INSTALLED)  ## render every regression config into outputs/regression/<name>/, in one process
 	rm -rf $(REGRESS_OUT)
-	for f in $(REGRESS_CONFIGS)/*.yaml; do \
-	  $(FVIS) render $$f --out $(REGRESS_OUT)/$$(basename $$f .yaml) --force --quiet || exit 1; \
-	done
+	$(FVIS) render $(REGRESS_CONFIGS)/*.yaml --out $(REGRESS_OUT) --force --quiet
 
 regress: regress-render  ## render the regression configs and compare them with their goldens
 	$(FVIS) compare $(REGRESS_OUT) $(REGRESS_GOLDENS) $(REGRESS_FLAGS)
@@ -84,7 +90,7 @@ regress-portable: regress  ## make regress, then again under each other CPU code
 	  echo "== $$vars"; env $$vars $(MAKE) --no-print-directory regress || exit 1; \
 	done
 
-drift:  ## how far the regression renders move between CPU code paths, float32 and float64
+drift: $(INSTALLED)  ## how far the regression renders move between CPU code paths, float32 and float64
 	$(PY) benchmarks/drift.py
 
 regress-update: regress-render  ## after an intended change: show what changed, then keep the new renders as goldens

@@ -20,18 +20,29 @@ Each measurement runs in its own process, so its peak memory is its own (max RSS
 long and a short run (the fastest of three each) divided by the difference in steps, so
 set-up and compile time are left out.
 
+A third table measures start-up: whole processes as a user runs them, each fresh, timed from
+start to exit, with the peak memory the kernel reports for the process (max RSS, interpreter
+start and exit included, which the in-process figures above leave out): a 1-step `fvis render`
+of the built-in model (fvis only: lucent has no loader for it), and a 1-step render of one
+inception4a channel by `fvis render` and by lucent's equivalent script.
+
     python benchmarks/bench.py            # writes benchmarks/results.md and prints the tables
+    python benchmarks/bench.py --startup  # only the start-up table, replaced in results.md
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
+import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +85,38 @@ SWEEP_BATCH = MAX_BATCH[DEVICE.type]  # what `fvis sweep` takes when memory allo
 TOOLS = ("floor", "fvis's network", "fvis", "lucent")
 Run = Callable[[int], None]
 
+# The start-up table: the median of STARTUP_RUNS fresh processes of each kind, run in turns.
+STARTUP_RUNS = 5
+STARTUP_STEPS = 1
+STARTUP_CASE = "googlenet mid (inception4a)"
+STARTUP_HEADING = "## Start-up and whole-process memory"
+ZOO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+# lucent's equivalent of `fvis render` on STARTUP_CASE: the model of `_model`, rendered by
+# render_vis as in `lucent_case` (it returns the images; nothing is written).
+LUCENT_SCRIPT = """\
+import sys
+
+import torch
+import torchvision
+from lucent.optvis import param, render, transform
+
+arch, layer, size, steps, device = sys.argv[1:]
+kwargs = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
+torch.manual_seed(0)
+model = torchvision.models.get_model(arch, weights=None, **kwargs)
+model = model.eval().requires_grad_(False).to(device)
+render.render_vis(
+    model,
+    f"{layer}:0",
+    param_f=lambda: param.image(int(size), fft=True, decorrelate=True),
+    transforms=transform.standard_transforms,
+    thresholds=(int(steps),),
+    preprocess=False,
+    progress=False,
+    show_image=False,
+)
+"""
+
 
 def _batch(channels: int, tool: str) -> int:
     """Images optimized together: fvis and its floors batch a sweep, lucent does not."""
@@ -99,27 +142,25 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def fvis_config(arch: str, layer: str, batch: int, options: dict | None = None) -> dict:
+    """The config of fvis's render of channels 0..batch-1 of `layer`, one per batch item."""
+    terms = [{"kind": "channel", "layer": layer, "channel": c, "batch": c} for c in range(batch)]
+    return {
+        "device": DEVICE.type,
+        "model": {"source": "torchvision", "name": arch, "weights": None, "kwargs": _kwargs(arch)},
+        "objective": {"kind": "sum", "terms": terms},
+        "param": {"kind": "fft", "size": SIZE, "batch": batch},
+        "optim": {"redirected_relu": 0, **(options or {})},
+    }
+
+
 def fvis_case(arch: str, layer: str, batch: int, options: dict | None = None) -> Run:
     """fvis's render loop on a plan built once (so a compiled network compiles once)."""
     from fvis.build import build_plan
     from fvis.config import Config
     from fvis.render import Renderer
 
-    terms = [{"kind": "channel", "layer": layer, "channel": c, "batch": c} for c in range(batch)]
-    config = Config.model_validate(
-        {
-            "device": DEVICE.type,
-            "model": {
-                "source": "torchvision",
-                "name": arch,
-                "weights": None,
-                "kwargs": _kwargs(arch),
-            },
-            "objective": {"kind": "sum", "terms": terms},
-            "param": {"kind": "fft", "size": SIZE, "batch": batch},
-            "optim": {"redirected_relu": 0, **(options or {})},
-        }
-    )
+    config = Config.model_validate(fvis_config(arch, layer, batch, options))
     plan = build_plan(config, Path.cwd())
 
     def run(steps: int) -> None:
@@ -211,15 +252,125 @@ def _measure(*args: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def startup_processes(folder: Path, steps: int = STARTUP_STEPS) -> dict[str, list[str]]:
+    """The command lines of the start-up table (run folders and the config go in `folder`)."""
+    arch, layer, _ = CASES[STARTUP_CASE]
+    config = folder / f"{arch}-{layer}.yaml"  # JSON is YAML
+    config.write_text(json.dumps(fvis_config(arch, layer, 1, {"steps": steps})))
+    python = sys.executable
+    render = [python, "-m", "fvis", "render", "--force", "--quiet"]  # what `fvis` runs
+    zoo = [str(ZOO_CONFIG), "--set", f"optim.steps={steps}", "--out", str(folder / "zoo")]
+    lucent = [LUCENT_SCRIPT, arch, layer, str(SIZE), str(steps), DEVICE.type]
+    return {
+        "import torch": [python, "-c", "import torch"],
+        "import torch, torchvision": [python, "-c", "import torch, torchvision"],
+        "fvis zoo": [*render, *zoo],
+        "fvis case": [*render, str(config), "--out", str(folder / "case")],
+        "lucent case": [python, "-c", *lucent],
+    }
+
+
+def process(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and max RSS in MB of one fresh process (the kernel's figure, from wait4)."""
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace").strip()[-2000:]
+            raise SystemExit(f"{' '.join(argv[:4])}... failed:\n{tail}")
+    kilobytes = usage.ru_maxrss / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS
+    return seconds, kilobytes / 1024
+
+
+def startup(runs: int = STARTUP_RUNS, steps: int = STARTUP_STEPS) -> dict[str, dict[str, float]]:
+    """Median wall seconds and max RSS of each start-up process, `runs` of each, in turns (so
+    that other load on the machine weighs on every kind alike)."""
+    samples: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        processes = startup_processes(Path(folder), steps)
+        for _ in range(runs):
+            for name, argv in processes.items():
+                samples.setdefault(name, []).append(process(argv))
+                print(f"{name}: {samples[name][-1][0]:.2f} s, {samples[name][-1][1]:.0f} MB")
+    return {
+        name: {
+            "seconds": statistics.median(s for s, _ in values),
+            "peak_mb": statistics.median(mb for _, mb in values),
+        }
+        for name, values in samples.items()
+    }
+
+
+def startup_section(f: dict[str, dict[str, float]], runs: int = STARTUP_RUNS) -> list[str]:
+    """The start-up table, with its date and machine."""
+    arch, layer, _ = CASES[STARTUP_CASE]
+    zoo, case, lucent = f["fvis zoo"], f["fvis case"], f["lucent case"]
+    torch_only, torchvision = f["import torch"], f["import torch, torchvision"]
+    steps = f"{STARTUP_STEPS} step" + ("s" if STARTUP_STEPS > 1 else "")
+    return [
+        STARTUP_HEADING,
+        "",
+        f"{datetime.date.today().isoformat()}. Machine: {_machine()}. Whole processes, each"
+        " fresh: wall seconds from start to exit and max RSS in MB (the peak resident memory"
+        " the kernel reports for the process, interpreter start and exit included; the"
+        " tables above measure memory inside a process that has run many steps). The median"
+        f" of {runs} processes of each kind, run in turns. fvis: `fvis render CONFIG --force"
+        " --quiet` (it writes grid.png, the images, run.json and config.yaml); lucent: a"
+        " script that builds the same model and calls `render_vis` with the same"
+        " parameterization and transforms (it writes nothing). Reproduce with"
+        " `python benchmarks/bench.py --startup`.",
+        "",
+        "| process | fvis s | lucent s | fvis max RSS MB | lucent max RSS MB |",
+        "|---|---|---|---|---|",
+        f"| built-in `shapes` model, {steps} (configs/quickstart.yaml) | {zoo['seconds']:.2f}"
+        f" | n/a | {zoo['peak_mb']:.0f} | n/a |",
+        f"| {arch} {layer}, one channel, {SIZE} px, random weights, {steps} |"
+        f" {case['seconds']:.2f} | {lucent['seconds']:.2f} | {case['peak_mb']:.0f} |"
+        f" {lucent['peak_mb']:.0f} |",
+        "",
+        "lucent cannot load the built-in model: `render_vis` takes a model object, and building"
+        " fvis's zoo model takes fvis. For scale, in the same run: `python -c 'import torch'`"
+        f" takes {torch_only['seconds']:.2f} s and {torch_only['peak_mb']:.0f} MB,"
+        f" `import torch, torchvision` {torchvision['seconds']:.2f} s and"
+        f" {torchvision['peak_mb']:.0f} MB.",
+    ]
+
+
+def replace_section(text: str, section: list[str]) -> str:
+    """`text` (a results.md) with its start-up section replaced by `section`, or with
+    `section` appended when it has none; the other tables stay as they are."""
+    before, found, after = text.partition(section[0] + "\n")
+    rest = after.partition("\n## ")[2] if found else ""
+    body = "\n".join(section) + "\n"
+    if not found:
+        return text.rstrip("\n") + "\n\n" + body
+    return before + body + ("\n## " + rest if rest else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="cases to run")
     parser.add_argument("--no-options", action="store_true", help="skip the options table")
+    parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="only the start-up table (whole processes), replaced in --out; the others kept",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.md")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one)))
+        return
+    if args.startup:
+        section = startup_section(startup())
+        previous = args.out.read_text() if args.out.is_file() else "# fvis vs torch-lucent\n"
+        args.out.write_text(replace_section(previous, section))
+        print("\n".join(section))
         return
     rows = []
     for case in args.cases:
@@ -237,7 +388,7 @@ def main() -> None:
             base = base or seconds
             options.append(f"| {case} | {label} | {seconds:.4f} | {base / seconds:.2f}x |")
             print(options[-1], flush=True)
-    text = _document(rows, options)
+    text = _document(rows, options) + "\n" + "\n".join(startup_section(startup())) + "\n"
     args.out.write_text(text)
     print(text)
 

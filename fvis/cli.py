@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from fvis.config import (
     Config,
@@ -43,6 +45,9 @@ app.add_typer(zoo_app, name="zoo")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
+# In a table, a column that may wrap (a description) keeps at least this many characters.
+WRAP_MIN = 12
+
 ConfigArg = Annotated[
     Path, typer.Argument(help="The YAML config file.", metavar="CONFIG", show_default=False)
 ]
@@ -60,18 +65,83 @@ SetOption = Annotated[
 
 OutOption = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Run folder (default: output.dir/name).", show_default=False),
+    typer.Option("--out", "-o", help="Run folder (default: output.dir/NAME).", show_default=False),
 ]
 ForceOption = Annotated[
     bool, typer.Option("--force", "-f", help="Overwrite an existing run folder.")
 ]
 
 
+def say(line: str) -> None:
+    """One line on stdout as it is (a path, a name, tabs): never wrapped, cut or restyled."""
+    typer.echo(line)
+
+
+def note(line: str) -> None:
+    """One line on stderr as it is (a summary, a warning, an error)."""
+    typer.echo(line, err=True)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a user error (one line per problem) and exit with `code`."""
     for line in message.splitlines():
-        err.print(line, markup=False, soft_wrap=True)
+        note(line)
     raise typer.Exit(code)
+
+
+def show(table: Table, wrap: Collection[int] = (), titled: bool = True) -> None:
+    """Print a table with every word whole: names, shapes, paths and numbers are never cut short.
+
+    In a terminal wide enough for it, rich's table: the columns `wrap` (descriptions) wrap
+    between words, every other column stays on one line. Otherwise (a pipe, a file, a terminal
+    too narrow for the longest names): plain lines for grep and cut, a `# title` line (when
+    `titled`) and then one line per row, its cells separated by tabs.
+    """
+    cells = [[_plain(cell) for cell in column.cells] for column in table.columns]
+    if out.is_terminal and _fit(table, cells, wrap, out.width):
+        out.print(table)
+        return
+    if titled and table.title:
+        say(f"# {_plain(table.title)}")
+    for row in zip(*cells, strict=True):
+        say("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in row))
+
+
+def _fit(table: Table, cells: list[list[str]], wrap: Collection[int], width: int) -> bool:
+    """Size the table's columns for `width` with no word cut; False when that cannot be done.
+
+    Rich would rather cut a cell with "…" than overflow; here a column outside `wrap` is as wide
+    as its longest cell, and one in `wrap` at least as wide as its longest word (and WRAP_MIN);
+    the wrapped columns share what is left in proportion to what they lack.
+    """
+    columns = table.columns
+    texts = [[_plain(column.header), *cells[index]] for index, column in enumerate(columns)]
+    longest = [max(map(cell_len, text)) for text in texts]
+    floors = {
+        index: max(
+            [min(longest[index], WRAP_MIN)] + [cell_len(w) for t in texts[index] for w in t.split()]
+        )
+        for index in wrap
+    }
+    room = width - (len(columns) + 1) - 2 * len(columns)  # less the borders and the padding
+    room -= sum(size for index, size in enumerate(longest) if index not in floors)
+    spare = room - sum(floors.values())
+    if spare < 0:
+        return False
+    lacking = sum(longest[index] - floor for index, floor in floors.items())
+    for index, column in enumerate(columns):
+        if index in floors:
+            short = longest[index] - floors[index]
+            column.width = floors[index] + (short if lacking <= spare else spare * short // lacking)
+            column.overflow = "fold"  # never "…", should a word still not fit
+        else:
+            column.no_wrap = True
+    return True
+
+
+def _plain(cell: RenderableType | None) -> str:
+    """A table cell's text without styles."""
+    return cell.plain if isinstance(cell, Text) else str(cell or "")
 
 
 @contextmanager
@@ -97,16 +167,26 @@ def _load(path: Path, overrides: list[str] | None) -> Loaded:
 
 @app.command()
 def render(
-    config: Annotated[
-        Path | None,
+    configs: Annotated[
+        list[Path] | None,
         typer.Argument(
-            help="The YAML config file (with --resume: default the run's own config).",
+            help="The YAML config files, rendered in turn (with --resume: at most one, by "
+            "default the run's own config).",
             metavar="CONFIG",
             show_default=False,
         ),
     ] = None,
     overrides: SetOption = None,
-    out_dir: OutOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder (default: output.dir/NAME); with several configs, the folder that "
+            "holds each one's run folder, DIR/NAME.",
+            show_default=False,
+        ),
+    ] = None,
     force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     resume: Annotated[
@@ -120,7 +200,48 @@ def render(
         ),
     ] = None,
 ) -> None:
-    """Render a feature visualization: writes grid.png, image_<i>.png and run.json."""
+    """Render one or more configs, each into its own run folder.
+
+    Each config renders into its own run folder, output.dir/NAME (NAME: the config's `name`, by
+    default its file's stem): grid.png, image_<i>.png, config.yaml and run.json. Several configs
+    (a shell glob) render in turn in one process; --set applies to each. A config that fails
+    prints its error and the others still render; the exit code is the worst one (2: a config
+    or usage error, 1: a failed render, 0: all rendered). Ctrl-C stops the whole command and
+    keeps what was rendered.
+    """
+    paths = list(configs or [])
+    if resume and len(paths) > 1:
+        fail("render: --resume continues one run: give at most one CONFIG")
+    if len(paths) <= 1:
+        _render_one(paths[0] if paths else None, overrides, out_dir, force, quiet, resume)
+        return
+    worst = 0
+    taken: dict[Path, Path] = {}
+    for path in paths:
+        try:
+            _render_one(path, overrides, out_dir, force, quiet, None, taken)
+        except typer.Exit as exc:
+            if exc.exit_code not in (0, 1, 2):  # interrupted: stop here, keep what was rendered
+                raise
+            worst = max(worst, exc.exit_code)
+    if worst:
+        raise typer.Exit(worst)
+
+
+def _render_one(
+    config: Path | None,
+    overrides: list[str] | None,
+    out_dir: Path | None,
+    force: bool,
+    quiet: bool,
+    resume: Path | None,
+    taken: dict[Path, Path] | None = None,
+) -> None:
+    """Render one config; exits (typer.Exit) with its code unless it rendered completely.
+
+    `taken` (several configs in one command) maps each run folder already used to its config:
+    one config's folder is then out_dir/NAME, and two configs never share a folder.
+    """
     from fvis import runs  # lazy: start-up time
 
     base = config.parent if config else Path()
@@ -132,7 +253,16 @@ def render(
         fail("render: give a CONFIG file (or --resume RUN_DIR)")
     loaded = _load(config, overrides)
     cfg = loaded.config
-    run_dir = resume or out_dir or cfg.output.dir / str(cfg.name)
+    if taken is None:
+        run_dir = resume or out_dir or cfg.output.dir / str(cfg.name)
+    else:
+        run_dir = (out_dir or cfg.output.dir) / str(cfg.name)
+        other = taken.setdefault(run_dir.resolve(), config)
+        if other != config:
+            fail(
+                f"{config}: run folder {run_dir} is also {other}'s in this command; give one "
+                "of them another `name:`"
+            )
     from fvis.build import build_plan  # lazy: start-up time
     from fvis.render import Renderer  # lazy: start-up time
     from fvis.writers import prepare_run_dir  # lazy: start-up time
@@ -155,12 +285,12 @@ def render(
         + (f" (item 0 of {len(final)})" if len(final) > 1 else "")
     )
     if not quiet or result.status != "complete":
-        err.print(summary, markup=False)
-    out.print(str(run_dir / "grid.png"), markup=False)
+        note(summary)
+    say(str(run_dir / "grid.png"))
     if result.failure:
         fail(f"{cfg.name}: {result.failure}", code=1)
     if result.stopped_by:
-        err.print(f"resume with: fvis render --resume {run_dir}", markup=False)
+        note(f"resume with: fvis render --resume {run_dir}")
         raise typer.Exit(128 + result.stopped_by)
 
 
@@ -253,14 +383,18 @@ def sweep(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
-    """Render one image per value (e.g. every channel of a layer), many per optimization:
-    writes one PNG per item, sheet.png and sweep.json; items already there are skipped."""
+    """Render one image per value of a config path, batched.
+
+    For instance every channel of a layer. Writes one PNG per item, sheet.png and sweep.json;
+    items already there are skipped.
+    """
     from fvis.sweep import SHEET, run_sweep  # lazy: start-up time
 
-    report = None if quiet else (lambda line: err.print(line, markup=False))
     with user_errors():
-        folder, _ = run_sweep(config, overrides or [], over, out_dir, batch, report)
-    out.print(str(folder / SHEET), markup=False)
+        folder, _ = run_sweep(
+            config, overrides or [], over, out_dir, batch, None if quiet else note
+        )
+    say(str(folder / SHEET))
 
 
 @app.command()
@@ -274,25 +408,33 @@ def validate(
         ),
     ] = False,
 ) -> None:
-    """Check a config file without rendering; exit 2 with every error found."""
+    """Check a config file without rendering.
+
+    Exits 2 with every error found, each as file:line: yaml.path: message.
+    """
     loaded = _load(config, overrides)
     if deep:
         from fvis.build import build_plan  # lazy: start-up time
 
         with user_errors(loaded.source):
             _warn(loaded, build_plan(loaded.config, config.parent).warnings)
-    out.print(f"{config}: ok")
+    say(f"{config}: ok")
 
 
 def _warn(loaded: Loaded, warnings: list[tuple[tuple[str | int, ...], str]]) -> None:
     """Print build warnings located like errors: `file:line: yaml.path: warning: ...`."""
     for loc, message in warnings:
-        err.print(f"{loaded.source.where(loc)}: warning: {message}", markup=False, soft_wrap=True)
+        note(f"{loaded.source.where(loc)}: warning: {message}")
 
 
 @app.command()
 def objectives() -> None:
-    """List every objective kind with what it computes, its parameters and its expression form."""
+    """List every objective kind with its parameters.
+
+    For each kind: what it computes, its parameters (every kind also takes weight and batch) and
+    its form in an expression. In a terminal wide enough, a table; otherwise (piped, or a narrow
+    terminal) one line per kind: those four fields, separated by tabs.
+    """
     table = Table(title="objective kinds (every kind also takes weight and batch)")
     for column in ("kind", "what it computes", "parameters", "in an expression"):
         table.add_column(column)
@@ -307,7 +449,7 @@ def objectives() -> None:
         call = f"{kind}({', '.join(node.positional)})" if node.positional else "operator"
         doc = (node.__doc__ or "").strip().splitlines()[0]
         table.add_row(kind, doc, ", ".join(params), call)
-    out.print(table)
+    show(table, wrap=(1, 2, 3), titled=False)
 
 
 @app.command()
@@ -318,8 +460,11 @@ def attribute(
     force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per method.")] = False,
 ) -> None:
-    """Attribute decisions to input pixels with Captum's methods: writes grid.png,
-    attributions.safetensors and attribution.json (metrics, timings, versions)."""
+    """Attribute a model's decisions to input pixels with Captum.
+
+    Runs the config's Captum methods and writes grid.png, attributions.safetensors and
+    attribution.json (metrics, timings, versions).
+    """
     from fvis.config.attribution import load_attribution  # lazy: start-up time
 
     with user_errors():
@@ -328,19 +473,17 @@ def attribute(
     from fvis.writers import prepare_run_dir  # lazy: start-up time
 
     run_dir = out_dir or cfg.output.dir / str(cfg.name)
-    report = None if quiet else (lambda line: err.print(line, markup=False))
     with user_errors(source):
         plan = build(cfg, config.parent)
         prepare_run_dir(run_dir, force)
-        outcome = run(plan, report)
+        outcome = run(plan, None if quiet else note)
         write(run_dir, outcome)
     if not quiet:
-        err.print(
+        note(
             f"{cfg.name}: {len(outcome.results)} methods on {len(plan.images.names)} inputs in "
-            f"{outcome.seconds:.1f}s on {plan.device}",
-            markup=False,
+            f"{outcome.seconds:.1f}s on {plan.device}"
         )
-    out.print(str(run_dir / "grid.png"), markup=False)
+    say(str(run_dir / "grid.png"))
 
 
 @app.command()
@@ -352,7 +495,10 @@ def schema(
         ),
     ] = False,
 ) -> None:
-    """Print the config's JSON schema (for editor completion and validation)."""
+    """Print the JSON schema of configs, for editors.
+
+    Editors use it for completion and validation (fvis.schema.json, written by `make schema`).
+    """
     if attribution:
         from fvis.config.attribution import AttributionConfig  # lazy: start-up time
 
@@ -367,6 +513,7 @@ def layers(
         str,
         typer.Argument(
             help="A config file, or a model as zoo:NAME or torchvision:NAME (random weights).",
+            metavar="MODEL",
             show_default=False,
         ),
     ],
@@ -378,7 +525,12 @@ def layers(
         ),
     ] = None,
 ) -> None:
-    """List every hookable layer of a model with its output shape (one dry forward)."""
+    """List every hookable layer of a model with its output shape.
+
+    One dry forward at the model's input size (or --size). In a terminal wide enough for the
+    longest names, a table; otherwise (piped, or a narrow terminal) one line per layer: its name,
+    type and output shape, separated by tabs (`fvis layers MODEL | cut -f1` lists the names).
+    """
     import torch  # lazy: start-up time
 
     from fvis.hooks import layer_table  # lazy: start-up time
@@ -396,7 +548,7 @@ def layers(
     for row in rows:
         table.add_row(*row)
     table.add_row("output", "(model output)", "")
-    out.print(table)
+    show(table, titled=False)
 
 
 def _model_target(target: str):  # type: ignore[no-untyped-def]
@@ -463,10 +615,13 @@ def compare(
         ),
     ] = None,
 ) -> None:
-    """Compare a render with goldens: exit 0 when it matches, 1 on a regression.
+    """Compare renders with goldens: exit 0 if they match, 1 if not.
 
     Images are compared by mean absolute difference and SSIM, objective values by relative
     tolerance; a missing image, run or value, or an image of another size, is a regression.
+    In a terminal wide enough, tables; otherwise (piped, or a narrow terminal) a `# title` line
+    per table and one line per row, its cells separated by tabs. Then a FAIL line per problem and
+    a summary line.
     """
     from fvis.compare import Thresholds, tables  # lazy: start-up time
     from fvis.compare import compare as run_compare  # lazy: start-up time
@@ -476,10 +631,10 @@ def compare(
             run_dir, golden_dir, Thresholds(max_mad, min_ssim, rtol, exact), diff_dir
         )
     for table in tables(report):
-        out.print(table)
+        show(table, wrap=(len(table.columns) - 1,))  # the verdict may wrap
     for problem in report.problems:
         out.print(f"FAIL: {problem}", style="bold red", markup=False, soft_wrap=True)
-    out.print(report.summary(), markup=False, soft_wrap=True)
+    say(report.summary())
     if not report.passed:
         raise typer.Exit(1)
 
@@ -502,8 +657,10 @@ def spectrum(
         ),
     ] = 128,
 ) -> None:
-    """Mean Fourier spectrum of a folder of images: a magnitude template for `param.kind: maco`
-    (`param.spectrum: FILE`)."""
+    """Write the mean Fourier spectrum of a folder of images.
+
+    A magnitude template for `param.kind: maco` (`param.spectrum: FILE`).
+    """
     from fvis.spectrum import folder_spectrum, save_spectrum  # lazy: start-up time
 
     if not folder.is_dir():
@@ -514,8 +671,8 @@ def spectrum(
         except ValueError as exc:
             raise UserError(str(exc)) from None
         save_spectrum(out_path, power, count)
-    err.print(f"{count} images at {size}x{size} px", markup=False)
-    out.print(str(out_path), markup=False)
+    note(f"{count} images at {size}x{size} px")
+    say(str(out_path))
 
 
 @app.command()
@@ -541,7 +698,10 @@ def cppn(
         ),
     ] = None,
 ) -> None:
-    """Render a CPPN run's images again at another size, from the same weights."""
+    """Render a CPPN run's images again at another size.
+
+    From the same weights (a run's cppn.safetensors), at any resolution.
+    """
     from fvis.extras import render_cppn  # lazy: start-up time
 
     h, sep, w = size.lower().partition("x")
@@ -559,12 +719,17 @@ def cppn(
         except ValueError as exc:
             raise UserError(str(exc)) from None
     for path in paths:
-        out.print(str(path), markup=False)
+        say(str(path))
 
 
 @zoo_app.command("list")
 def zoo_list() -> None:
-    """Show the built-in models, their classes and layers."""
+    """Show the built-in models, their classes and layers.
+
+    In a terminal wide enough, a table per model; otherwise (piped, or a narrow terminal) per
+    model a `# NAME: description` line, one line per layer (its name and what it holds,
+    separated by a tab) and a `classes:` line.
+    """
     from fvis import zoo  # lazy: start-up time
 
     for model in zoo.MODELS.values():
@@ -573,8 +738,8 @@ def zoo_list() -> None:
         table.add_column("what it holds")
         for layer, about in model.layers:
             table.add_row(layer, about)
-        out.print(table)
-        out.print("classes: " + ", ".join(f"{i} {c}" for i, c in enumerate(model.classes)))
+        show(table, wrap=(1,))
+        say("classes: " + ", ".join(f"{i} {c}" for i, c in enumerate(model.classes)))
 
 
 @zoo_app.command("train")
@@ -584,19 +749,19 @@ def zoo_train(
     ] = Path("shapes.safetensors"),
     seed: Annotated[int, typer.Option(help="Training seed (the shipped weights use 0).")] = 0,
 ) -> None:
-    """Retrain the built-in 'shapes' model from its generated data (a few minutes on CPU).
+    """Retrain the built-in 'shapes' model from its generated data.
 
-    With the default seed the weights are byte-identical to the shipped ones on the same
-    platform and torch version (compare with `sha256sum`).
+    A few minutes on a CPU. With the default seed the weights are byte-identical to the shipped
+    ones on the same platform and torch version (compare with `sha256sum`).
     """
     from fvis.zoo import MODELS, sha256_file  # lazy: start-up time
     from fvis.zoo.train import train  # lazy: start-up time
 
     with user_errors():
-        metrics = train(seed=seed, out=out_path, log=lambda line: err.print(line, markup=False))
+        metrics = train(seed=seed, out=out_path, log=note)
     out.print_json(json.dumps(metrics))
     same = sha256_file(out_path) == MODELS["shapes"].sha256
-    err.print(f"{out_path}: {'identical to' if same else 'differs from'} the shipped weights")
+    note(f"{out_path}: {'identical to' if same else 'differs from'} the shipped weights")
 
 
 def main() -> None:

@@ -67,8 +67,8 @@ def resolve_layer(name: str, aliases: dict[str, str], model: nn.Module, loc: Yam
     else:
         candidates = [*aliases, *names, IMAGE, OUTPUT]
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-    raise SpecError(loc, f"unknown layer {name!r}; {hint}(`fvis layers CONFIG` lists them)")
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise SpecError(loc, f"unknown layer {name!r}{hint} (`fvis layers CONFIG` lists them)")
 
 
 class _Stop(Exception):

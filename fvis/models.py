@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
+import importlib.util
 import pickle
 import re
+import sys
 import urllib.error
 import warnings
 import zipfile
@@ -151,8 +154,28 @@ def _zoo(spec: ZooModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
     return model, prep
 
 
+def torchvision_version() -> str:
+    """torchvision's `__version__` (build tag included, e.g. 0.29.1+cu130), read without
+    importing it: run.json records it, and the import costs a zoo render 1 to 2 s and pulls in
+    torch._dynamo. The installed package's version.py holds the string; the distribution's
+    metadata (the fallback) omits the build tag."""
+    module = sys.modules.get("torchvision")
+    if module is not None:
+        return str(module.__version__)
+    spec = importlib.util.find_spec("torchvision")  # finds the package, does not run it
+    if spec is not None and spec.origin:
+        try:
+            text = (Path(spec.origin).parent / "version.py").read_text()
+        except OSError:
+            text = ""
+        found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+        if found:
+            return found.group(1)
+    return importlib.metadata.version("torchvision")
+
+
 def _torchvision(spec: TorchvisionModelSpec, base: Path) -> tuple[nn.Module, Preprocessing]:
-    import torchvision  # lazy: 2 s to import, and only torchvision models need it
+    import torchvision  # lazy: 2 s (it imports torch._dynamo); only torchvision models need it
 
     try:
         weights_enum = torchvision.models.get_model_weights(spec.name)
@@ -199,7 +222,7 @@ def _checkpoint(spec: CheckpointModelSpec, base: Path) -> tuple[nn.Module, Prepr
     if ":" in spec.arch:
         model, prep = _factory_call(spec.arch, spec.kwargs, base, ("model", "arch")), _plain()
     else:
-        import torchvision  # lazy: 2 s to import, and only torchvision models need it
+        import torchvision  # lazy: 2 s (it imports torch._dynamo); only torchvision models need it
 
         if spec.arch not in torchvision.models.list_models():
             known = torchvision.models.list_models()

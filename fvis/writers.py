@@ -19,6 +19,7 @@ from fvis.config import Config
 from fvis.errors import UserError
 from fvis.extras import param_files
 from fvis.io import png_bytes, read_image, to_json, to_pil, write_atomic
+from fvis.models import torchvision_version
 from fvis.render import Plan, Result
 
 LABEL_HEIGHT = 16
@@ -111,8 +112,6 @@ def write_run(run_dir: Path, config: Config, plan: Plan, result: Result) -> list
 def _metadata(
     config: Config, plan: Plan, result: Result, resolved: dict[str, Any], files: list[str]
 ) -> dict[str, Any]:
-    import torchvision  # lazy: 2 s to import, for its version only; zoo renders never need it
-
     steps = max(result.steps_done, 1)
     return {
         "name": config.name,
@@ -121,7 +120,7 @@ def _metadata(
         "versions": {
             "fvis": fvis.__version__,
             "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torchvision": torchvision_version(),
             "python": platform.python_version(),
         },
         "device": str(plan.device),

@@ -51,7 +51,7 @@ def test_a_kind_declared_once_validates_parses_renders_and_is_listed(
     assert "channel(2, 3)" in run["final"]["terms"]
 
     listed = cli("objectives")
-    assert "│ peak " in listed.stdout and "peak(layer," in listed.stdout
+    assert "\npeak\t" in listed.stdout and "peak(layer," in listed.stdout
     assert "peak" in json.dumps(Config.model_json_schema())
 
 

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
 from fvis.attribution.inputs import Loader
 from fvis.config.attribution import (
@@ -84,6 +83,8 @@ def references(spec: Baseline, inputs: torch.Tensor, loader: Loader, loc: YamlPa
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur with standard deviation `sigma` px, kernel +-3 sigma (within the image)."""
+    from torchvision.transforms.functional import gaussian_blur  # lazy: 2 s (torch._dynamo)
+
     h, w = images.shape[-2:]
     radius = min(math.ceil(3 * sigma), min(h, w) - 1)
     return gaussian_blur(images, [2 * radius + 1] * 2, [sigma, sigma])

@@ -31,7 +31,7 @@ from fvis.config.attribution import AttributionConfig
 from fvis.config.attribution_methods import METHODS
 from fvis.errors import SpecError, YamlPath
 from fvis.io import png_bytes, to_json, write_atomic
-from fvis.models import Network, build_network, resolve_device
+from fvis.models import Network, build_network, resolve_device, torchvision_version
 
 RESERVED = ("inputs", "targets")
 
@@ -284,8 +284,6 @@ def _method_metadata(result: MethodResult) -> dict[str, Any]:
 
 
 def _metadata(outcome: Outcome, resolved: dict[str, Any], files: list[str]) -> dict[str, Any]:
-    import torchvision  # lazy: 2 s to import, for its version only; zoo models never need it
-
     plan = outcome.plan
     predicted = plan.logits.argmax(1) if plan.logits.dim() == 2 else None
     inputs = []
@@ -307,7 +305,7 @@ def _metadata(outcome: Outcome, resolved: dict[str, Any], files: list[str]) -> d
         "versions": {
             "fvis": fvis.__version__,
             "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torchvision": torchvision_version(),
             "captum": captum.__version__,
             "python": platform.python_version(),
         },

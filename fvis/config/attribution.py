@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, create_model, field_validator, model_validator
+from pydantic import BeforeValidator, Field, create_model, model_validator
 
 from fvis.config.attribution_methods import METHODS, MethodInfo
-from fvis.config.base import LayerName, Node, Size, pair
+from fvis.config.base import LayerName, Node, Shorthand, Size, Tagged, pair
 from fvis.config.loader import Source, validate_file
 from fvis.config.model import ModelSpec, ZooModelSpec
 from fvis.config.output import OutputSpec
@@ -26,7 +26,7 @@ from fvis.config.render import DeviceName
 
 Pixels = Annotated[
     tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]],
-    BeforeValidator(pair),
+    Shorthand(pair, "One number n: a square, [n, n]."),
 ]
 
 
@@ -41,7 +41,9 @@ def _label(value: Any) -> Any:
     return value
 
 
-ClassLabel = Annotated[int | str, BeforeValidator(_label)]
+# What _label lets through, as types the JSON schema can show (pydantic checks them again).
+_Label = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1)]
+ClassLabel = Annotated[_Label, BeforeValidator(_label)]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -87,8 +89,10 @@ def _file_shorthand(value: Any) -> Any:
 
 
 InputSource = Annotated[
-    Annotated[FileInput | FolderInput | RunInput | ZooClassInput, Field(discriminator="kind")],
-    BeforeValidator(_file_shorthand),
+    Annotated[FileInput | FolderInput | RunInput | ZooClassInput, Tagged("kind")],
+    Shorthand(
+        _file_shorthand, "An image file's path: {kind: file, path: ...}.", {"type": "string"}
+    ),
 ]
 
 
@@ -154,7 +158,7 @@ Baseline = Annotated[
     | NoiseBaseline
     | FileBaseline
     | SamplesBaseline,
-    Field(discriminator="kind"),
+    Tagged("kind"),
 ]
 
 
@@ -175,7 +179,7 @@ class ImageMask(Node):
     path: Path = Field(description="Mask image; resized to the inputs with nearest sampling.")
 
 
-Mask = Annotated[GridMask | ImageMask, Field(discriminator="kind")]
+Mask = Annotated[GridMask | ImageMask, Tagged("kind")]
 
 
 # ----------------------------------------------------------------------------- methods
@@ -328,7 +332,7 @@ if TYPE_CHECKING:
     Method = MethodNode
 else:  # one generated node per method, told apart by `kind`
     _ANY_METHOD = Union[tuple(METHOD_MODELS.values())]  # noqa: UP007
-    Method = Annotated[_ANY_METHOD, Field(discriminator="kind")]
+    Method = Annotated[_ANY_METHOD, Tagged("kind")]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -371,6 +375,11 @@ class MetricsSpec(Node):
 # ----------------------------------------------------------------------------- the config
 
 
+def _one_input(value: Any) -> Any:
+    """Accept a single source as shorthand for a list of one."""
+    return [value] if isinstance(value, (str, dict)) else value
+
+
 def _target(value: Any) -> Any:
     """`predicted`, a class index or name, or a list of them (one per input)."""
     if isinstance(value, list):
@@ -391,9 +400,11 @@ class AttributionConfig(Node):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of every sampling method.")
     device: DeviceName = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     model: ModelSpec = Field(default_factory=ZooModelSpec, description="The network.")
-    inputs: list[InputSource] = Field(
-        min_length=1, description="Images to explain: files, folders, fvis runs, zoo classes."
-    )
+    inputs: Annotated[
+        list[InputSource],
+        Field(min_length=1),
+        Shorthand(_one_input, "One source: a list of one."),
+    ] = Field(description="Images to explain: files, folders, fvis runs, zoo classes.")
     size: Size | None = Field(
         None, description="Image size [height, width] (default: the model's input size)."
     )
@@ -402,7 +413,9 @@ class AttributionConfig(Node):
         description="How images of another size are resized: crop (shorter side, then the "
         "centre) or stretch.",
     )
-    target: Annotated[int | str | list[int | str], BeforeValidator(_target)] = Field(
+    target: Annotated[
+        _Label | Annotated[list[_Label], Field(min_length=1)], BeforeValidator(_target)
+    ] = Field(
         "predicted",
         description="The output explained: 'predicted', a class index or name, or a list "
         "with one per input.",
@@ -424,12 +437,6 @@ class AttributionConfig(Node):
         default_factory=MetricsSpec, description="Infidelity and sensitivity; null skips both."
     )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs.")
-
-    @field_validator("inputs", mode="before")
-    @classmethod
-    def _one_input(cls, value: Any) -> Any:
-        """Accept a single source as shorthand for a list of one."""
-        return [value] if isinstance(value, (str, dict)) else value
 
 
 def default_name(path: Path) -> str:

@@ -1,30 +1,99 @@
-"""What every config node shares: the strict base class and the small value types (sizes,
-index lists, module paths, layer names) that several node families use."""
+"""What every config node shares: the strict base class, the small value types (sizes, index
+lists, module paths, layer names) that several node families use, and the two annotations that
+keep the JSON schema editors read as permissive as fvis itself: `Shorthand` and `Tagged`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: metadata of unions
+class Shorthand:
+    """A shorter spelling of a value, declared once: `expand` turns it into the full form before
+    validation, and the JSON schema offers it beside the full form (`anyOf`), so that editors
+    checking a config against `fvis schema` accept what fvis accepts.
+
+    `schema` is the short form's JSON schema; None: one item of the full form (a number for a
+    pair, an index for a list of indices)."""
+
+    expand: Callable[[Any], Any]
+    description: str
+    schema: dict[str, Any] | None = None
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(self.expand, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        full = handler(schema)
+        if self.schema is not None:
+            short = dict(self.schema)
+        else:  # the schema of one item: `items` of a list, the first of a pair's `prefixItems`
+            short = dict(full["items"] if "items" in full else full["prefixItems"][0])
+        return {"anyOf": [full, {**short, "description": self.description}]}
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: metadata of unions
+class Tagged:
+    """A union of nodes told apart by their `tag` key (`kind`, `source`): pydantic's discriminated
+    union, whose JSON schema any JSON Schema validator resolves without pydantic's
+    `discriminator` extension. Every branch holds its tag as a `const`, so at most one matches,
+    and the tag is required; with a `default`, a node without the tag is that branch (the YAML
+    may leave the tag out) in validation and in the schema alike."""
+
+    tag: str
+    default: str | None = None
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        union = handler.generate_schema(Annotated[source, Field(discriminator=self.tag)])
+        if self.default is None:
+            return union
+        return core_schema.no_info_before_validator_function(self._fill, union)
+
+    def _fill(self, node: Any) -> Any:
+        """The default tag, given to a node that leaves it out."""
+        return (
+            {self.tag: self.default, **node}
+            if isinstance(node, dict) and self.tag not in node
+            else node
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        union = handler(schema)
+        if self.default is None:
+            return {**union, "required": [self.tag]}
+        # The default branch may leave its tag out (as a class default for the tag also says).
+        branch = handler.resolve_ref_schema(
+            {"$ref": union["discriminator"]["mapping"][self.default]}
+        )
+        required = [name for name in branch.pop("required", []) if name != self.tag]
+        if required:
+            branch["required"] = required
+        return union
 
 
 def pair(value: Any) -> Any:
     """Accept `64` as shorthand for `[64, 64]`."""
     return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def default_tag(tag: str, value: str) -> Any:
-    """A validator giving a tagged-union node its default tag when the YAML leaves it out."""
-
-    def fill(node: Any) -> Any:
-        return {tag: value, **node} if isinstance(node, dict) and tag not in node else node
-
-    return BeforeValidator(fill)
 
 
 def _listify(value: Any) -> Any:
@@ -34,9 +103,11 @@ def _listify(value: Any) -> Any:
 
 Size = Annotated[
     tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]],
-    BeforeValidator(pair),
+    Shorthand(pair, "One number n: a square, [n, n]."),
 ]
-Indices = Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_listify)]
+Indices = Annotated[
+    list[Annotated[int, Field(ge=0)]], Shorthand(_listify, "One index: a list of one.")
+]
 
 
 class Node(BaseModel):
@@ -50,6 +121,11 @@ def _int_to_str(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+# A bare number where a module path is expected: the child of that index in an nn.Sequential.
+_CHILD_INDEX = Shorthand(
+    _int_to_str, "A bare number: that child of an nn.Sequential (2 means '2').", {"type": "integer"}
+)
+
 # 'package.module:function': a factory in the user's own code (the config's folder importable).
 EntryPoint = Annotated[
     str,
@@ -58,13 +134,13 @@ EntryPoint = Annotated[
         description="'package.module:function'; the config's folder is importable.",
     ),
 ]
-ModulePath = Annotated[str, Field(min_length=1), BeforeValidator(_int_to_str)]
+ModulePath = Annotated[str, Field(min_length=1), _CHILD_INDEX]
 LayerName = Annotated[
     str,
-    BeforeValidator(_int_to_str),
     Field(
         min_length=1,
         description="A hook alias, a dotted module path from named_modules(), 'output' (the "
         "model's output) or 'image' (the rendered image).",
     ),
+    _CHILD_INDEX,
 ]

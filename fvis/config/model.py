@@ -9,7 +9,7 @@ from pydantic import (
     Field,
 )
 
-from fvis.config.base import EntryPoint, Node, Size, default_tag
+from fvis.config.base import EntryPoint, Node, Size, Tagged
 
 
 class InputSpec(Node):
@@ -96,6 +96,5 @@ ModelSpec = Annotated[
     | CheckpointModelSpec
     | TorchScriptModelSpec
     | FactoryModelSpec,
-    Field(discriminator="source"),
-    default_tag("source", "zoo"),
+    Tagged("source", default="zoo"),
 ]

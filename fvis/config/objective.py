@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 
-from fvis.config.base import EntryPoint, Indices, LayerName, Node
+from fvis.config.base import EntryPoint, Indices, LayerName, Node, Shorthand, Tagged
 from fvis.expression import parse_expression
 
 M = TypeVar("M", bound=BaseModel)
@@ -69,7 +69,7 @@ def parse_objective(value: Any) -> Any:
 
 def _tagged_union(kinds: tuple[type[ObjectiveNode], ...], handler: GetCoreSchemaHandler) -> Any:
     union = Union[kinds]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
-    return handler.generate_schema(Annotated[union, Field(discriminator="kind")])
+    return handler.generate_schema(Annotated[union, Tagged("kind")])
 
 
 class _AnyKind:
@@ -92,7 +92,14 @@ if TYPE_CHECKING:  # to a type checker, any objective node
     Objective = ObjectiveNode
     Regularizer = ObjectiveNode
 else:
-    Objective = Annotated[_AnyKind, BeforeValidator(parse_objective)]
+    Objective = Annotated[
+        _AnyKind,
+        Shorthand(
+            parse_objective,
+            "An expression, e.g. 'channel(conv3, 5) - 1e-4 * l1(image)': the tree it spells.",
+            {"type": "string", "minLength": 1},
+        ),
+    ]
     # Penalties allowed under `regularizers:`; each is subtracted from the objective.
     Regularizer = _AnyRegularizer
 

@@ -9,7 +9,7 @@ from pydantic import (
     Field,
 )
 
-from fvis.config.base import Node, Size, default_tag
+from fvis.config.base import Node, Size, Tagged
 
 
 class ParamNode(Node):
@@ -131,6 +131,5 @@ class MacoParam(ParamNode):
 
 Param = Annotated[
     PixelParam | FFTParam | LaplacianParam | LowResParam | CPPNParam | MacoParam,
-    Field(discriminator="kind"),
-    default_tag("kind", "fft"),
+    Tagged("kind", default="fft"),
 ]

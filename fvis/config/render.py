@@ -39,6 +39,8 @@ class Config(Node):
     hooks: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][\w-]*$")], ModulePath] = Field(
         default_factory=dict,
         description="Aliases for layers: alias -> dotted module path (see `fvis layers`).",
+        # An alias outside the key pattern is an error, as it is to pydantic.
+        json_schema_extra={"additionalProperties": False},
     )
     objective: Objective = Field(
         default_factory=lambda: ClassLogitObjective(kind="class_logit", index=[0]),

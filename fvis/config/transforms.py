@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BeforeValidator,
     Field,
     model_validator,
 )
 
-from fvis.config.base import Node
+from fvis.config.base import Node, Shorthand, Tagged
 
 
 class PadTransform(Node):
@@ -71,7 +70,7 @@ class BlurTransform(Node):
     kind: Literal["blur"]
     sigma: Annotated[
         tuple[Annotated[float, Field(ge=0, le=64)], Annotated[float, Field(ge=0, le=64)]],
-        BeforeValidator(_span),
+        Shorthand(_span, "One number s: always that sigma, [s, s]."),
     ] = Field((1.0, 1.0), description="Blur sigma in pixels, or [min, max] drawn per item.")
     p: float = Field(1.0, ge=0, le=1, description="Probability of blurring an item at a step.")
 
@@ -102,5 +101,5 @@ Transform = Annotated[
     | StandardTransform
     | BlurTransform
     | BilateralTransform,
-    Field(discriminator="kind"),
+    Tagged("kind"),
 ]
