@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.cells import cell_len
-from rich.console import Console, RenderableType
 from rich.table import Table
-from rich.text import Text
 
 from fvis.config import (
     Config,
@@ -24,6 +21,7 @@ from fvis.config import (
     load_config,
     objective_kinds,
 )
+from fvis.display import err, note, out, say, show
 from fvis.errors import SpecError, UserError
 
 if TYPE_CHECKING:
@@ -41,12 +39,6 @@ zoo_app = typer.Typer(
     help="The built-in model zoo: list its models, retrain them.", no_args_is_help=True
 )
 app.add_typer(zoo_app, name="zoo")
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-# In a table, a column that may wrap (a description) keeps at least this many characters.
-WRAP_MIN = 12
 
 ConfigArg = Annotated[
     Path, typer.Argument(help="The YAML config file.", metavar="CONFIG", show_default=False)
@@ -72,76 +64,11 @@ ForceOption = Annotated[
 ]
 
 
-def say(line: str) -> None:
-    """One line on stdout as it is (a path, a name, tabs): never wrapped, cut or restyled."""
-    typer.echo(line)
-
-
-def note(line: str) -> None:
-    """One line on stderr as it is (a summary, a warning, an error)."""
-    typer.echo(line, err=True)
-
-
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a user error (one line per problem) and exit with `code`."""
     for line in message.splitlines():
         note(line)
     raise typer.Exit(code)
-
-
-def show(table: Table, wrap: Collection[int] = (), titled: bool = True) -> None:
-    """Print a table with every word whole: names, shapes, paths and numbers are never cut short.
-
-    In a terminal wide enough for it, rich's table: the columns `wrap` (descriptions) wrap
-    between words, every other column stays on one line. Otherwise (a pipe, a file, a terminal
-    too narrow for the longest names): plain lines for grep and cut, a `# title` line (when
-    `titled`) and then one line per row, its cells separated by tabs.
-    """
-    cells = [[_plain(cell) for cell in column.cells] for column in table.columns]
-    if out.is_terminal and _fit(table, cells, wrap, out.width):
-        out.print(table)
-        return
-    if titled and table.title:
-        say(f"# {_plain(table.title)}")
-    for row in zip(*cells, strict=True):
-        say("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in row))
-
-
-def _fit(table: Table, cells: list[list[str]], wrap: Collection[int], width: int) -> bool:
-    """Size the table's columns for `width` with no word cut; False when that cannot be done.
-
-    Rich would rather cut a cell with "…" than overflow; here a column outside `wrap` is as wide
-    as its longest cell, and one in `wrap` at least as wide as its longest word (and WRAP_MIN);
-    the wrapped columns share what is left in proportion to what they lack.
-    """
-    columns = table.columns
-    texts = [[_plain(column.header), *cells[index]] for index, column in enumerate(columns)]
-    longest = [max(map(cell_len, text)) for text in texts]
-    floors = {
-        index: max(
-            [min(longest[index], WRAP_MIN)] + [cell_len(w) for t in texts[index] for w in t.split()]
-        )
-        for index in wrap
-    }
-    room = width - (len(columns) + 1) - 2 * len(columns)  # less the borders and the padding
-    room -= sum(size for index, size in enumerate(longest) if index not in floors)
-    spare = room - sum(floors.values())
-    if spare < 0:
-        return False
-    lacking = sum(longest[index] - floor for index, floor in floors.items())
-    for index, column in enumerate(columns):
-        if index in floors:
-            short = longest[index] - floors[index]
-            column.width = floors[index] + (short if lacking <= spare else spare * short // lacking)
-            column.overflow = "fold"  # never "…", should a word still not fit
-        else:
-            column.no_wrap = True
-    return True
-
-
-def _plain(cell: RenderableType | None) -> str:
-    """A table cell's text without styles."""
-    return cell.plain if isinstance(cell, Text) else str(cell or "")
 
 
 @contextmanager

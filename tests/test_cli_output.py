@@ -15,9 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 import fvis.cli
+import fvis.display
 from conftest import tiny_config
-from fvis.cli import app, show
+from fvis.cli import app
 from fvis.config import objective_kinds
+from fvis.display import show
 
 # A model with names as long as a vision transformer's (vit_b_16's longest has 55 characters).
 DEEP_NETS = textwrap.dedent(
@@ -75,7 +77,7 @@ def terminal(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     def make(width: int) -> io.StringIO:
         text = io.StringIO()
         console = Console(file=text, force_terminal=True, width=width, color_system=None)
-        monkeypatch.setattr(fvis.cli, "out", console)
+        monkeypatch.setattr(fvis.display, "out", console)
         return text
 
     return make
