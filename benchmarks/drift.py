@@ -33,19 +33,6 @@ PATHS = {
 }
 MODES = {"float32": ["--set", "optim.float64=false"], "as configured": []}
 
-# Renders every config of argv[1] into argv[2]/<stem>, with the --set arguments that follow.
-RENDER_ALL = """
-import sys
-from pathlib import Path
-from fvis.cli import app
-configs, out, extra = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-for config in sorted(configs.glob("*.yaml")):
-    args = ["render", str(config), "--out", str(out / config.stem), "-q", *extra]
-    code = app(args, standalone_mode=False)
-    if code:
-        sys.exit(f"{config.name}: exit {code}")
-"""
-
 TIMED = {
     "shapes, 64 px, batch 3": [],
     "resnet18 layer3, 224 px": [
@@ -62,7 +49,8 @@ TIMED = {
 
 
 def render_all(out: Path, env: dict[str, str], extra: list[str], configs: Path = CONFIGS) -> None:
-    command = [sys.executable, "-c", RENDER_ALL, str(configs), str(out), *extra]
+    renders = sorted(str(path) for path in configs.glob("*.yaml"))
+    command = [sys.executable, "-m", "fvis", "render", *renders, "--out", str(out), "-q", *extra]
     subprocess.run(command, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
 
 

@@ -36,19 +36,6 @@ CPU_CODE_PATHS = {
     "mkl-avx2": {"MKL_CBWR": "AVX2"},
 }
 
-# Renders every regression config in one process (the variables must be set before torch loads).
-RENDER_ALL = """
-import sys
-from pathlib import Path
-from fvis.cli import app
-configs, out = Path(sys.argv[1]), Path(sys.argv[2])
-for config in sorted(configs.glob("*.yaml")):
-    args = ["render", str(config), "--out", str(out / config.stem), "-q"]
-    code = app(args, standalone_mode=False)
-    if code:
-        sys.exit(f"{config.name}: exit {code}")
-"""
-
 
 def _render(cli, name: str, out: Path, *overrides: str) -> Path:
     sets = [arg for value in overrides for arg in ("--set", value)]
@@ -79,7 +66,17 @@ def test_goldens_hold_on_every_cpu_code_path(cli, tmp_path: Path, path: str) -> 
     """What another processor renders: the same goldens pass with the default thresholds."""
     env = {**os.environ, **CPU_CODE_PATHS[path]}
     done = subprocess.run(
-        [sys.executable, "-c", RENDER_ALL, CONFIGS, tmp_path],
+        # one process (the variables must be set before torch loads): DIR/<name> per config
+        [
+            sys.executable,
+            "-m",
+            "fvis",
+            "render",
+            *sorted(CONFIGS.glob("*.yaml")),
+            "--out",
+            tmp_path,
+            "-q",
+        ],
         env=env,
         capture_output=True,
         text=True,
