@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 
 from fvis.config import (
@@ -23,6 +24,7 @@ from fvis.config import (
 )
 from fvis.display import err, note, out, say, show
 from fvis.errors import SpecError, UserError
+from fvis.factories import entry_points
 
 if TYPE_CHECKING:
     from fvis.render import Renderer
@@ -60,7 +62,13 @@ OutOption = Annotated[
     typer.Option("--out", "-o", help="Run folder (default: output.dir/NAME).", show_default=False),
 ]
 ForceOption = Annotated[
-    bool, typer.Option("--force", "-f", help="Overwrite an existing run folder.")
+    bool,
+    typer.Option(
+        "--force",
+        "-f",
+        help="Replace an existing run folder: the files fvis wrote in it are removed first "
+        "(a folder without run.json is never cleared).",
+    ),
 ]
 
 
@@ -80,9 +88,9 @@ def user_errors(source: Source | None = None) -> Iterator[None]:
     try:
         yield
     except SpecError as exc:
-        fail(source.error(exc) if source else exc.message)
+        fail(source.error(exc) if source else exc.message, exc.exit_code)
     except UserError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:  # Ctrl-C outside a render loop: nothing half-done to keep
         fail("interrupted", code=130)
 
@@ -192,19 +200,20 @@ def _render_one(
             )
     from fvis.build import build_plan  # lazy: start-up time
     from fvis.render import Renderer  # lazy: start-up time
-    from fvis.writers import prepare_run_dir  # lazy: start-up time
 
     with user_errors(loaded.source):
         plan = build_plan(cfg, base)
-        _warn(loaded, plan.warnings)
         renderer = Renderer(plan)
-        if resume:
-            runs.restore(renderer, resume)
-        else:
-            prepare_run_dir(run_dir, force)
-        with _progress(str(cfg.name), cfg.optim.steps, quiet) as report, _stop_on(renderer):
-            renderer.run(report, lambda r: runs.save_progress(run_dir, cfg, plan, r))
-        result = runs.finish(run_dir, cfg, plan, renderer)
+        # The folder is this process's from here on; whether it may be used is decided under
+        # the lock, so two commands never both take it.
+        with runs.locked(run_dir):
+            if resume:
+                runs.restore(renderer, resume, cfg)
+            else:
+                runs.claim(run_dir, force)
+            _warn(loaded, plan.warnings)  # the run starts: a refusal above is one line
+            with _progress(str(cfg.name), cfg.optim.steps, quiet) as report, _stop_on(renderer):
+                result = runs.render_run(run_dir, cfg, plan, renderer, report, fresh=not resume)
     final = result.final.objective
     summary = (
         f"{cfg.name}: {result.status}, {result.steps_done} steps in {result.seconds:.1f}s on "
@@ -213,7 +222,8 @@ def _render_one(
     )
     if not quiet or result.status != "complete":
         note(summary)
-    say(str(run_dir / "grid.png"))
+    if (run_dir / "grid.png").is_file():
+        say(str(run_dir / "grid.png"))
     if result.failure:
         fail(f"{cfg.name}: {result.failure}", code=1)
     if result.stopped_by:
@@ -317,9 +327,16 @@ def sweep(
     """
     from fvis.sweep import SHEET, run_sweep  # lazy: start-up time
 
+    loaded = _load(config, overrides)
     with user_errors():
         folder, _ = run_sweep(
-            config, overrides or [], over, out_dir, batch, None if quiet else note
+            config,
+            overrides or [],
+            over,
+            out_dir,
+            batch,
+            None if quiet else note,
+            on_built=lambda: _user_code(loaded.config, loaded.source),
         )
     say(str(folder / SHEET))
 
@@ -349,7 +366,10 @@ def validate(
 
 
 def _warn(loaded: Loaded, warnings: list[tuple[tuple[str | int, ...], str]]) -> None:
-    """Print build warnings located like errors: `file:line: yaml.path: warning: ...`."""
+    """Print build warnings located like errors: `file:line: yaml.path: warning: ...`, after
+    a notice for each place where the build ran the user's code (a build that failed says only
+    why: one line)."""
+    _user_code(loaded.config, loaded.source)
     for loc, message in warnings:
         note(f"{loaded.source.where(loc)}: warning: {message}")
 
@@ -396,21 +416,28 @@ def attribute(
 
     with user_errors():
         cfg, source = load_attribution(config, overrides or [])
+    from fvis import runs  # lazy: start-up time
     from fvis.attribution.run import build, run, write  # lazy: start-up time
-    from fvis.writers import prepare_run_dir  # lazy: start-up time
 
     run_dir = out_dir or cfg.output.dir / str(cfg.name)
     with user_errors(source):
         plan = build(cfg, config.parent)
-        prepare_run_dir(run_dir, force)
-        outcome = run(plan, None if quiet else note)
-        write(run_dir, outcome)
+        with runs.locked(run_dir):
+            runs.claim(run_dir, force)
+            _user_code(cfg, source)
+            outcome = run(plan, None if quiet else note)
+            try:
+                write(run_dir, outcome)
+            except UserError as exc:  # a full disk: the run happened, its results are lost
+                fail(f"{cfg.name}: {exc}", code=1)
     if not quiet:
         note(
             f"{cfg.name}: {len(outcome.results)} methods on {len(plan.images.names)} inputs in "
             f"{outcome.seconds:.1f}s on {plan.device}"
         )
     say(str(run_dir / "grid.png"))
+    if outcome.failures:  # the other methods' results are written: report, then exit 1
+        fail("\n".join(source.error(f.error) for f in outcome.failures), code=1)
 
 
 @app.command()
@@ -478,11 +505,21 @@ def layers(
     show(table, titled=False)
 
 
+def _user_code(config: BaseModel, source: Source, under: tuple[str, ...] = ()) -> None:
+    """A notice line for each 'module:function' of the user's code a config (or its part at
+    `under`) imports and runs: model factories, architectures, plugin objectives. Checkpoints
+    cannot run code; these do."""
+    for loc, target in entry_points(config, under):
+        note(f"{source.where(loc)}: note: runs your code ({target}); use only code you trust")
+
+
 def _model_target(target: str):  # type: ignore[no-untyped-def]
     """(base folder, model spec) from a config path or a 'source:name' shorthand."""
     path = Path(target)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return path.parent, _load(path, None).config.model
+        loaded = _load(path, None)
+        _user_code(loaded.config.model, loaded.source, ("model",))
+        return path.parent, loaded.config.model
     source, _, name = target.partition(":")
     if source == "zoo" and name:
         return Path.cwd(), ZooModelSpec(name=name)

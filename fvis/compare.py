@@ -320,6 +320,96 @@ def load_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise UserError(f"{path}: not valid JSON (a number with too many digits)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def run_file_values(path: Path) -> dict[str, float]:
+    """The recorded values (`recorded_values`) of a run.json or sweep.json, checked first to
+    have the structure fvis writes: a file that is not a run's is a one-line user error naming
+    it, not a run whose values all went missing (a regression)."""
+    data = load_json(path)
+    problem = (sweep_problem if path.name == "sweep.json" else run_problem)(data)
+    if problem:
+        raise UserError(
+            f"{path}: not a {path.name} written by fvis: {problem}; render it again, or compare "
+            "another folder"
+        )
+    try:
+        return recorded_values(data)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a {path.name} written by fvis") from None
+
+
+def run_problem(data: Any) -> str | None:
+    """What is wrong with a run.json's structure (an object whose `final` block holds the
+    objective per batch item and the terms by name), or None."""
+    if not isinstance(data, dict):
+        return f"the top level is {_kind(data)}, not an object"
+    final = data.get("final")
+    if not isinstance(final, dict):
+        return (
+            "`final` is missing" if final is None else f"`final` is {_kind(final)}, not an object"
+        )
+    if not _numbers_list(final.get("objective")):
+        return f"`final.objective` is {_kind(final.get('objective'), True)}"
+    terms = final.get("terms", {})
+    if not isinstance(terms, dict):
+        return f"`final.terms` is {_kind(terms)}, not an object"
+    for name, values in terms.items():
+        if not _numbers_list(values):
+            return f"`final.terms[{name}]` is {_kind(values, True)}"
+    return None
+
+
+def sweep_problem(data: Any) -> str | None:
+    """What is wrong with a sweep.json's structure (an object whose `items` maps each item's key
+    to its file and objective), or None."""
+    if not isinstance(data, dict):
+        return f"the top level is {_kind(data)}, not an object"
+    items = data.get("items")
+    if not isinstance(items, dict | list):
+        return (
+            "`items` is missing" if items is None else f"`items` is {_kind(items)}, not an object"
+        )
+    entries = items.items() if isinstance(items, dict) else enumerate(items)
+    for key, item in entries:
+        if not isinstance(item, dict):
+            return f"`items[{key}]` is {_kind(item)}, not an object"
+        objective = item.get("objective", 0.0)
+        if not (_number(objective) or _numbers_list(objective)):
+            return f"`items[{key}].objective` is {_kind(objective)}, not a number"
+        terms = item.get("terms", {})
+        if not isinstance(terms, dict) or not all(
+            _number(v) or _numbers_list(v) for v in terms.values()
+        ):
+            return f"`items[{key}].terms` is not an object of numbers"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_number(v) for v in value)
+
+
+def _kind(value: Any, numbers: bool = False) -> str:
+    """A JSON value's type, as a user reads it ('a list', 'null'); with `numbers`, what is
+    wrong with it as a list of numbers."""
+    if numbers:
+        if isinstance(value, list):
+            return "a list holding something other than numbers"
+        return f"{_kind(value)}, not a list of numbers"
+    if value is None:
+        return "missing (or null)"
+    names = {bool: "a boolean", dict: "an object", list: "a list", str: "a string"}
+    return names.get(type(value), "a number")
 
 
 # ----------------------------------------------------------------------------- folders
@@ -368,8 +458,8 @@ def compare(
             if not (run_dir / rel).is_file():
                 report.problems.append(f"{rel}: missing in {run_dir}")
                 continue
-            golden = recorded_values(load_json(golden_dir / rel))
-            run = recorded_values(load_json(run_dir / rel))
+            golden = run_file_values(golden_dir / rel)
+            run = run_file_values(run_dir / rel)
             report.values += check_values(rel, golden, run, thresholds.rtol)
     return report
 

@@ -11,20 +11,33 @@ tree would hold, so both spellings are validated and compiled by the same code:
     call    := NAME "(" [arg ("," arg)*] ")"
     arg     := [NAME "="] value
     value   := NUMBER | NAME | STRING | "[" [value ("," value)*] "]" | expr-call
+               | "{" [NAME ":" value ("," NAME ":" value)*] "}"
                | file(STRING [, STRING]) | random(NUMBER) | image(STRING)
 
 Positional arguments follow each kind's order (its schema class's `positional`, passed in as
-`kinds`); `weight=` and `batch=` work in every call. Torch-free, and free of the schema itself,
+`kinds`); `weight=` and `batch=` work in every call; a mapping is written as in YAML's flow
+style (`{random: 3}`, `{file: v.pt, key: dir}`). Torch-free, and free of the schema itself,
 which calls it.
+
+The limits on what a config may hold live here, the lowest module of the schema, and the YAML
+reader (`fvis.config.loader`) applies the same: nesting deeper than MAX_DEPTH (the parsers
+recurse once per level: a 3,000-deep expression would exhaust Python's stack) and integers of
+more than MAX_INT_DIGITS digits (Python refuses to convert 4,300) are refused with a message.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+# Lists, mappings, calls and parentheses inside each other: the most a config may nest.
+MAX_DEPTH = 64
+# The most digits an integer may have (a seed has at most 20).
+MAX_INT_DIGITS = 100
 
 VALUE_CALLS = {"file", "random", "image"}
 
@@ -32,7 +45,7 @@ TOKEN = re.compile(
     r"\s*(?:(?P<number>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
     r"|(?P<name>[A-Za-z_][\w.]*)"
     r"|(?P<string>'[^']*'|\"[^\"]*\")"
-    r"|(?P<op>\*\*|[-+*/^(),=\[\]]))"
+    r"|(?P<op>\*\*|[-+*/^(),=\[\]{}:]))"
 )
 
 
@@ -84,6 +97,22 @@ class _Parser:
         self.tokens = tokens
         self.kinds = kinds
         self.i = 0
+        self.depth = 0
+
+    @contextmanager
+    def nested(self, token: Token) -> Iterator[None]:
+        """One level deeper (a parenthesis, call, list, mapping, sign or exponent), refused past
+        MAX_DEPTH: every recursion of the grammar passes through here."""
+        if self.depth >= MAX_DEPTH:
+            raise ExpressionError(
+                f"nested more than {MAX_DEPTH} levels deep at column {token.column}: fvis reads "
+                f"at most {MAX_DEPTH} levels of parentheses, signs, calls, lists and mappings"
+            )
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     @property
     def peek(self) -> Token:
@@ -132,15 +161,17 @@ class _Parser:
         return out
 
     def unary(self) -> Any:
-        if self.accept("-"):
-            inner = self.unary()
+        if sign := self.accept("-"):
+            with self.nested(sign):
+                inner = self.unary()
             return _scale(inner, -1.0) if isinstance(inner, dict) else -inner
         return self.power()
 
     def power(self) -> Any:
         base = self.atom()
         if op := self.accept("^", "**"):
-            exponent = self.unary()
+            with self.nested(op):
+                exponent = self.unary()
             if isinstance(exponent, dict):
                 raise ExpressionError(f"the exponent must be a number at column {op.column}")
             if isinstance(base, dict):
@@ -151,9 +182,10 @@ class _Parser:
     def atom(self) -> Any:
         token = self.peek
         if token.kind == "number":
-            return _number(self.take().text)
+            return _number(self.take())
         if self.accept("("):
-            inner = self.expr()
+            with self.nested(token):
+                inner = self.expr()
             self.expect("op", ")")
             return inner
         if token.kind == "name":
@@ -170,6 +202,11 @@ class _Parser:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ExpressionError(f"unknown objective {name.text!r}{hint} (column {name.column})")
         self.expect("op", "(")
+        with self.nested(name):
+            return self.arguments(name)
+
+    def arguments(self, name: Token) -> dict[str, Any]:
+        """A call's arguments, up to its closing parenthesis, as the node it spells."""
         node: dict[str, Any] = {"kind": name.text}
         positional = iter(self.kinds[name.text])
         while not self.accept(")"):
@@ -197,16 +234,39 @@ class _Parser:
             return self.take().text[1:-1]
         if self.accept("["):
             items: list[Any] = []
-            while not self.accept("]"):
-                if items:
-                    self.expect("op", ",")
-                items.append(self.value())
+            with self.nested(token):
+                while not self.accept("]"):
+                    if items:
+                        self.expect("op", ",")
+                    items.append(self.value())
             return items
+        if self.accept("{"):
+            with self.nested(token):
+                return self.mapping()
         if token.kind == "name" and self.tokens[self.i + 1].text != "(":
             return self.take().text  # a bare word: a layer name
         if token.kind == "name" and token.text in VALUE_CALLS:
-            return self.value_call()
+            with self.nested(token):
+                return self.value_call()
         return self.expr()
+
+    def mapping(self) -> dict[str, Any]:
+        """`{key: value, ...}` up to its closing brace, as in YAML's flow style."""
+        out: dict[str, Any] = {}
+        while not self.accept("}"):
+            if out:
+                self.expect("op", ",")
+            key = self.peek
+            if key.kind not in ("name", "string"):
+                found = repr(key.text) if key.text else "the end"
+                raise ExpressionError(f"expected a key, found {found} at column {key.column}")
+            self.take()
+            name = key.text[1:-1] if key.kind == "string" else key.text
+            if name in out:
+                raise ExpressionError(f"duplicate key {name!r} at column {key.column}")
+            self.expect("op", ":")
+            out[name] = self.value()
+        return out
 
     def value_call(self) -> dict[str, Any]:
         name = self.take().text
@@ -220,8 +280,16 @@ class _Parser:
         return {name: args[0]}
 
 
-def _number(text: str) -> int | float:
-    return int(text) if text.isdigit() else float(text)
+def _number(token: Token) -> int | float:
+    """A number token's value; an integer of more than MAX_INT_DIGITS digits is refused."""
+    if not token.text.isdigit():
+        return float(token.text)
+    if len(token.text) > MAX_INT_DIGITS:
+        raise ExpressionError(
+            f"integer with {len(token.text)} digits at column {token.column} is too large "
+            f"(at most {MAX_INT_DIGITS})"
+        )
+    return int(token.text)
 
 
 def _scale(node: Any, factor: float) -> Any:

@@ -15,6 +15,8 @@ from fvis.errors import SpecError, YamlPath
 
 IMAGE = "image"
 OUTPUT = "output"
+# Characters of an unknown layer name an error repeats (a hostile name can be megabytes long).
+MAX_SHOWN = 80
 SELECTOR = re.compile(r"\[([^\[\]]+)\]")
 
 
@@ -66,9 +68,14 @@ def resolve_layer(name: str, aliases: dict[str, str], model: nn.Module, loc: Yam
         loc, name, candidates = ("hooks", name), path, names
     else:
         candidates = [*aliases, *names, IMAGE, OUTPUT]
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name[:MAX_SHOWN], candidates, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise SpecError(loc, f"unknown layer {name!r}{hint} (`fvis layers CONFIG` lists them)")
+    shown = (
+        repr(name)
+        if len(name) <= MAX_SHOWN
+        else f"{name[:MAX_SHOWN]!r}... ({len(name)} characters)"
+    )
+    raise SpecError(loc, f"unknown layer {shown}{hint} (`fvis layers CONFIG` lists them)")
 
 
 class _Stop(Exception):
@@ -139,12 +146,19 @@ class Capture:
 
 
 def layer_table(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, str]]:
-    """(path, module type, output shape) for every named module, from one dry forward."""
+    """(path, module type, output shape) for every named module, from one dry forward.
+
+    A module called more than once in the pass (ResNet's `relu`, shared by a block's layers)
+    shows its first call's shape, marked `(call 1 of N: the one read)`: hooks and objectives
+    read a layer at its first call (see `Capture`).
+    """
     shapes: dict[str, str] = {}
+    calls: dict[str, int] = {}
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             shapes.setdefault(name, describe_shape(output))
+            calls[name] = calls.get(name, 0) + 1
 
         return hook
 
@@ -157,6 +171,9 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, str]]
     finally:
         for handle in handles:
             handle.remove()
+    for name, n in calls.items():
+        if n > 1:
+            shapes[name] += f" (call 1 of {n}: the one read)"
     return [
         (name, type(module).__name__, shapes.get(name, "(not run)"))
         for name, module in model.named_modules()

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,16 @@ from PIL import Image, UnidentifiedImageError
 
 from fvis.errors import UserError
 
+MAX_IMAGE_PIXELS = 89_478_485
+"""The largest image fvis reads or writes: Pillow's own default limit (about 9459 x 9459; 1 GiB
+as float32 RGB), so every PNG fvis writes (grid.png, sheet.png) it and Pillow-based tools can
+read back.
+
+Checked against the size in the file's header, before any pixel is decoded, so a small file
+that decodes to a huge image (a decompression bomb) costs nothing; Pillow's own check (a warning
+up to twice its limit) never fires first: fvis has one limit and one message.
+"""
+PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")  # the size in Pillow's DecompressionBombError
 NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+,\s*)*-?[\d.eE+-]+)\s*\]")
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -49,21 +60,42 @@ def read_image(
     With `size` (H, W) Pillow resamples the 8-bit image: 'stretch' to exactly `size`, 'crop' by
     the shorter side and then the centre cropped. `data` is the file's bytes where the caller
     has read them already (`path` then only names the file in errors). An unreadable file, or
-    one over Pillow's decompression-bomb limit, is a UserError naming it.
+    one of more than MAX_IMAGE_PIXELS pixels (refused from its header, undecoded), is a
+    UserError naming it.
     """
     try:
-        with Image.open(BytesIO(data) if data is not None else path) as image:
-            target = mode or ("L" if image.mode == "L" else "RGB")
-            pixels = image.convert(target)
-            if size is not None:
-                pixels = _fitted(pixels, size, fit, resample)
-            w, h = pixels.size
-            raw = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8)
-    except Image.DecompressionBombError as exc:
-        raise UserError(f"{path}: too large to read safely ({exc})") from None
-    except (UnidentifiedImageError, OSError) as exc:
+        with warnings.catch_warnings():  # Pillow's (a bomb, corrupt EXIF) are not printed
+            warnings.simplefilter("ignore")
+            with Image.open(BytesIO(data) if data is not None else path) as image:
+                _check_size(path, image.size)  # from the header: nothing decoded yet
+                target = mode or ("L" if image.mode == "L" else "RGB")
+                pixels = image.convert(target)
+                _check_size(path, pixels.size)  # a frame picked on loading (ICO) may be larger
+                if size is not None:
+                    pixels = _fitted(pixels, size, fit, resample)
+                w, h = pixels.size
+                raw = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8)
+    except Image.DecompressionBombError as exc:  # Pillow's limit (twice its default) is above ours
+        found = PILLOW_PIXELS.search(str(exc))
+        raise too_large(path, int(found[1]) if found else None) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UserError(f"{path}: not a readable image ({exc})") from None
     return raw.view(h, w, -1).permute(2, 0, 1).to(dtype) / 255
+
+
+def _check_size(path: Path, size: tuple[int, int]) -> None:
+    """Refuse an image of more than MAX_IMAGE_PIXELS pixels."""
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise too_large(path, size[0] * size[1])
+
+
+def too_large(path: Path, pixels: int | None) -> UserError:
+    """The one message for an image over MAX_IMAGE_PIXELS (`pixels`: its size, where known)."""
+    size = f"{pixels:,} pixels" if pixels else "more pixels than Pillow allows"
+    return UserError(
+        f"{path}: an image of {size}, over fvis's limit of {MAX_IMAGE_PIXELS:,} (a "
+        "decompression bomb?); not decoded: use a smaller image"
+    )
 
 
 def _fitted(

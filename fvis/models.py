@@ -32,7 +32,7 @@ from fvis.config import (
     ZooModelSpec,
 )
 from fvis.errors import SpecError, UserError
-from fvis.factories import load_callable
+from fvis.factories import call, load_callable
 from fvis.io import resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -325,7 +325,7 @@ _BUILDERS: dict[type, Callable[[Any, Path], tuple[nn.Module, Preprocessing]]] = 
 
 def _factory_call(target: str, kwargs: dict[str, Any], base: Path, loc: tuple[str, ...]) -> Any:
     """Import 'module:function' (the config's folder importable) and call it. Trusted code."""
-    return _call(load_callable(target, base, loc), **kwargs)
+    return call(load_callable(target, base, loc), ("model", "kwargs") if kwargs else loc, **kwargs)
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -671,7 +671,7 @@ def build_param(
     param.initialize(streams, _init(spec, param, base, len(streams)))
     if transparency:
         param.track_importance()
-    add_gradient_hooks(param, spec, preconditioning)
+    add_gradient_hooks(param, preconditioning)
     return param
 
 
@@ -698,26 +698,13 @@ def _init(spec: Param, param: ImageParam, base: Path, batch: int) -> Tensor | Pa
         raise SpecError(("param", "init"), str(exc)) from None
 
 
-def add_gradient_hooks(
-    param: ImageParam, spec: ParamNode, preconditioning: Preconditioning | None
-) -> None:
+def add_gradient_hooks(param: ImageParam, preconditioning: Preconditioning | None) -> None:
     """Hooks on the image gradient, run in order after the importance map (which records the
-    raw gradient): the alpha penalty, then gradient blurring and pyramid normalization.
+    raw gradient): gradient blurring, then pyramid normalization.
 
     Preconditioning changes the direction of descent without changing the loss: Adam then
     steps along the smoothed (or band-balanced) gradient.
     """
-    channels = param.channels
-    if spec.alpha and spec.alpha_penalty > 0:
-        step = spec.alpha_penalty / (param.size[0] * param.size[1])
-
-        def alpha_penalty(grad: Tensor) -> Tensor:
-            # d/d alpha of the loss term penalty * mean(alpha): score minus the mean opacity
-            out = grad.clone()
-            out[:, channels:] += step
-            return out
-
-        param.gradient_hooks.append(alpha_penalty)
     if preconditioning is None:
         return
     if preconditioning.grad_blur > 0:

@@ -78,6 +78,7 @@ class Result:
     steps_done: int = 0
     stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run early
     failure: str | None = None
+    out_of_memory: bool = False  # the failure was the device running out of memory
     running: bool = False
 
     @property
@@ -137,7 +138,13 @@ class Renderer:
         self.stop_requested = signum
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue the run; loadable with torch.load(weights_only=True)."""
+        """Everything needed to continue the run; loadable with torch.load(weights_only=True).
+
+        Only the schedule's snapshots (and step 0's) are kept: the one `run` adds where a stop
+        request ends it belongs to the stopped run's own outputs, and a resumed run's outputs
+        must equal an uninterrupted run's.
+        """
+        kept = {0, *self.plan.schedule.snapshot_steps}
         return {
             "step": self.result.steps_done,
             "param": self.plan.param.state_dict(),
@@ -148,11 +155,13 @@ class Renderer:
             "snapshots": [
                 {"step": s.step, "images": s.images, "objective": s.objective, "terms": s.terms}
                 for s in self.result.snapshots
+                if s.step in kept
             ],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a state saved by `state()`."""
+        """Continue from a state saved by `state()` (checked against this renderer first: see
+        `fvis.runs.restore`)."""
         self.plan.param.load_state_dict(state["param"])
         self.adam.load_state_dict(state["adam"])
         for generator, saved in zip(self.plan.streams, state["streams"], strict=True):
@@ -181,6 +190,7 @@ class Renderer:
         self.result.running = True
         model = plan.network.model
         with (
+            self._ending(start),
             Capture(model, plan.objective.layers, self.forward) as capture,
             _cudnn_benchmark(plan.options.cudnn_benchmark),
         ):
@@ -212,14 +222,23 @@ class Renderer:
             except NonFinite as exc:
                 self.result.failure = str(exc)
             except torch.OutOfMemoryError:
+                self.result.out_of_memory = True
                 self.result.failure = (
                     f"out of {plan.device.type.upper()} memory at step {self.result.steps_done + 1}"
                     f": try a smaller param.batch ({self.batch}) or param.size"
                 )
-        self.result.running = False
-        self.result.seconds = self.seconds_before + time.perf_counter() - start
-        self._finish_trace()
         return self.result
+
+    @contextmanager
+    def _ending(self, start: float) -> Iterator[None]:
+        """However `run` ends, even by an exception from `on_snapshot` (a file that cannot be
+        written), the result is left consistent: not running, its time and trace complete."""
+        try:
+            yield
+        finally:
+            self.result.running = False
+            self.result.seconds = self.seconds_before + time.perf_counter() - start
+            self._finish_trace()
 
     def step_bytes(self) -> int:
         """Memory one step holds for its backward pass: the bytes of the tensors autograd

@@ -1,16 +1,20 @@
 """Sweeps: one image per value of one or more config paths, packed as batch items of one run.
 
 `--over objective.channel=0:64` renders 64 images. Items differing only in their objective or
-seed share an optimization (batch item i optimizes item i's objective, with a random stream
-keyed by the item, so batching changes no image); items that differ elsewhere (say `param.decay`)
-go to separate runs. A sweep folder holds one PNG per item, a labelled contact sheet and
-`sweep.json`; rerunning skips the items already there.
+seed share an optimization; items that differ elsewhere (say `param.decay`) go to separate
+runs. Batch item i optimizes item i's objective with the random stream a render of item i's
+own config gives its image 0 (items with one seed start from the same noise): optimized alone,
+an item is byte for byte the `image_0.png` of `fvis render --set objective.channel=5`; in a
+batch, the same up to the float rounding of batched kernels. A sweep folder holds one PNG per
+item, a labelled contact sheet and `sweep.json`; rerunning skips the items already there. A
+sweep holds at most MAX_ITEMS items, counted before any is made.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,15 +24,30 @@ from typing import Any
 import torch
 import yaml
 
-from fvis.build import build_plan
-from fvis.config import KINDS, Config, Loaded, load_config
-from fvis.errors import UserError
+from fvis import budget
+from fvis.build import build_plan, memory_need
+from fvis.config import KINDS, Config, Loaded, Source, load_config
+from fvis.errors import SpecError, UserError
 from fvis.io import png_bytes, to_json, to_pil, write_atomic
-from fvis.render import Renderer
+from fvis.models import resolve_device
+from fvis.render import Renderer, Result
+from fvis.runs import locked
 from fvis.writers import contact_sheet
 
 INDEX = "sweep.json"
 SHEET = "sheet.png"
+# Items in one sweep at most: sheet.png shows every item (rows of 8 cells of 96 + 18 px), and
+# 8,000 is about the most whose sheet stays within budget.MAX_GRID_PIXELS, the largest image
+# Pillow-based readers (fvis compare among them) accept.
+MAX_ITEMS = 8_000
+# Integers in a range START:STOP[:STEP] at most this many digits long.
+MAX_DIGITS = 18
+
+
+class SweepFailed(UserError):
+    """A render of the sweep started and failed (a NaN, out of memory with one item): exit 1."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -38,6 +57,7 @@ class SweepItem:
     key: str
     overrides: list[str]
     config: Config
+    source: Source | None = None  # locates the item's build errors (file, line, --set)
 
     @property
     def file(self) -> str:
@@ -51,36 +71,64 @@ def _caption(key: str) -> str:
     )
 
 
-def parse_over(spec: str) -> tuple[str, list[Any]]:
-    """'objective.channel=0:64' -> ('objective.channel', [0, ..., 63]).
+def parse_over(spec: str) -> tuple[str, Sequence[Any]]:
+    """'objective.channel=0:64' -> ('objective.channel', range(0, 64)).
 
-    Values are a range `start:stop[:step]`, a comma-separated list, or one YAML value.
+    Values are a range `start:stop[:step]` (kept lazy: its size is checked before any item is
+    made), a comma-separated list, or one YAML value.
     """
     path, sep, raw = spec.partition("=")
+    shown = _shown(spec)
     if not sep or not path or not raw:
-        raise UserError(f"--over {spec}: expected path=values, e.g. objective.channel=0:64")
+        raise UserError(f"--over {shown}: expected path=values, e.g. objective.channel=0:64")
     if re.fullmatch(r"-?\d+:-?\d+(:-?\d+)?", raw):
-        start, stop, *step = map(int, raw.split(":"))
-        values: list[Any] = list(range(start, stop, step[0] if step else 1))
-    else:
-        try:
-            values = [yaml.safe_load(part) for part in raw.split(",")]
-        except yaml.YAMLError:
-            raise UserError(f"--over {spec}: values must be YAML") from None
-    if not values:
-        raise UserError(f"--over {spec}: no values")
-    return path, values
+        if any(len(part.lstrip("-")) > MAX_DIGITS for part in raw.split(":")):
+            raise UserError(
+                f"--over {_shown(path)}: START:STOP:STEP must be integers of at most "
+                f"{MAX_DIGITS} digits"
+            )
+        start, stop, *rest = map(int, raw.split(":"))
+        step = rest[0] if rest else 1
+        if step == 0:
+            raise UserError(f"--over {shown}: STEP must not be 0")
+        values = range(start, stop, step)
+        if not values:
+            order = "above" if step > 0 else "below"
+            raise UserError(
+                f"--over {shown}: the range is empty: STOP must be {order} START with a STEP "
+                f"of {step} (e.g. {start}:{start + 4 * step}:{step})"
+            )
+        return path, values
+    try:
+        return path, [yaml.safe_load(part) for part in raw.split(",")]
+    except (yaml.YAMLError, ValueError, RecursionError):
+        raise UserError(f"--over {shown}: values must be YAML") from None
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """`text` as quoted in a message: at most `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def expand(path: Path, overrides: Sequence[str], overs: Sequence[str]) -> list[SweepItem]:
-    """Every combination of the --over values, each validated as a config of its own."""
+    """Every combination of the --over values, each validated as a config of its own; more
+    than MAX_ITEMS combinations are refused before any is made."""
     axes = [parse_over(spec) for spec in overs]
+    sizes = [len(values) for _, values in axes]
+    total = math.prod(sizes)
+    if total > MAX_ITEMS:
+        given = " ".join(f"--over {_shown(spec)}" for spec in overs)
+        count = " x ".join(map(str, sizes)) + f" = {total}" if len(sizes) > 1 else str(total)
+        raise UserError(
+            f"{given}: {count} items, more than the {MAX_ITEMS} a sweep holds: sweep fewer "
+            "values, or split them into several sweeps"
+        )
     items = []
     for combo in itertools.product(*(values for _, values in axes)):
         sets = [f"{p}={json.dumps(v)}" for (p, _), v in zip(axes, combo, strict=True)]
         key = ",".join(f"{p}={v}" for (p, _), v in zip(axes, combo, strict=True))
-        config = load_config(path, [*overrides, *sets]).config
-        items.append(SweepItem(key, sets, config))
+        loaded = load_config(path, [*overrides, *sets])
+        items.append(SweepItem(key, sets, loaded.config, loaded.source))
     return items
 
 
@@ -134,30 +182,15 @@ MEMORY_SHARE = 0.5
 
 
 def default_batch(item: SweepItem, base: Path) -> int:
-    """Items per optimization: as many as fit in MEMORY_SHARE of the device's free memory,
-    from one step's measured need for one item (twice what autograd saves: the gradients of
-    the saved tensors take about as much again), capped at MAX_BATCH."""
-    plan = build_plan(item.config, base, [item])
-    cap = MAX_BATCH.get(plan.device.type, MAX_BATCH["cpu"])
-    free = free_memory(plan.device)
-    if free is None:
+    """Items per optimization: as many as fit in MEMORY_SHARE of the memory available, from
+    one item's need as `fvis.budget` estimates it (the estimate `build_plan` refuses a batch
+    by), capped at MAX_BATCH."""
+    per_item = memory_need(item.config, base, [item])
+    device = resolve_device(item.config.device)
+    cap = MAX_BATCH.get(device.type, MAX_BATCH["cpu"])
+    if per_item is None:  # the model fails on the image: building the batch will say why
         return cap
-    need = 2 * Renderer(plan).step_bytes()
-    return max(1, min(cap, int(free * MEMORY_SHARE) // max(need, 1)))
-
-
-def free_memory(device: Any) -> int | None:
-    """Bytes free on a CUDA device, or available to processes on a Linux host; None where
-    neither can be read (then the batch is MAX_BATCH, and CUDA out-of-memory halves it)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return budget.largest_batch(per_item, device, MEMORY_SHARE, cap)
 
 
 def read_index(folder: Path) -> dict[str, Any]:
@@ -175,13 +208,30 @@ def run_sweep(
     out: Path | None,
     batch: int | None,
     progress: Callable[[str], None] | None = None,
+    on_built: Callable[[], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Render every item not yet in the sweep folder; returns the folder and its index."""
+    """Render every item not yet in the sweep folder; returns the folder and its index.
+
+    `on_built` is called once, when the first optimization has been built (the user's code,
+    if the config names any, has then run).
+    """
     loaded = load_config(path, list(overrides))
     items = expand(path, overrides, overs)
     check_batchable(loaded)
     folder = out or loaded.config.output.dir / f"{loaded.config.name}-sweep"
-    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder):  # one command per folder: a second sweep into it is refused
+        return folder, _fill(folder, path, items, batch, progress, on_built)
+
+
+def _fill(
+    folder: Path,
+    path: Path,
+    items: list[SweepItem],
+    batch: int | None,
+    progress: Callable[[str], None] | None,
+    on_built: Callable[[], None] | None,
+) -> dict[str, Any]:
+    """Render the items `folder` lacks, then its contact sheet; returns the folder's index."""
     index = read_index(folder)
     todo = [i for i in items if i.key not in index or not (folder / i.file).is_file()]
     size = batch or (default_batch(todo[0], path.parent) if todo else 1)
@@ -191,17 +241,23 @@ def run_sweep(
         pending = [chunk]
         while pending:
             part = pending.pop(0)
-            try:
-                plan = build_plan(part[0].config, path.parent, part)
-                result = Renderer(plan).run()
-            except torch.OutOfMemoryError:
+            result = _render(part, path.parent, on_built)
+            on_built = on_built if result is None else None  # called once a build succeeded
+            if result is None or result.out_of_memory:
                 if len(part) == 1:
-                    raise UserError("out of memory with a batch of 1: reduce param.size") from None
+                    raise SweepFailed(
+                        f"{path}: {part[0].key}: out of {_device_name(part[0])} memory with one "
+                        "item per optimization: lower param.size"
+                    )
                 half = len(part) // 2
+                if progress:
+                    progress(
+                        f"out of memory with {len(part)} items per optimization: trying {half}"
+                    )
                 pending[:0] = [part[:half], part[half:]]  # retry with half the batch
                 continue
             if result.failure:
-                raise UserError(f"{part[0].key}: {result.failure}")
+                raise SweepFailed(f"{path}: {part[0].key}: {result.failure}")
             for b, item in enumerate(part):
                 write_atomic(folder / item.file, png_bytes(to_pil(result.final.images[b])))
                 index[item.key] = {
@@ -216,4 +272,37 @@ def run_sweep(
     done = [i for i in items if i.key in index]
     sheet = contact_sheet([folder / i.file for i in done], [_caption(i.key) for i in done])
     write_atomic(folder / SHEET, png_bytes(sheet))
-    return folder, index
+    return index
+
+
+def _render(
+    part: list[SweepItem], base: Path, on_built: Callable[[], None] | None = None
+) -> Result | None:
+    """One optimization of `part`'s items; None if building it ran out of memory. `on_built`
+    is called between building the optimization and running it.
+
+    A build error is located against the item it comes from: items of one part differ in
+    their objective and seed only, so an objective error is looked for item by item.
+    """
+    try:
+        plan = build_plan(part[0].config, base, part)
+    except torch.OutOfMemoryError:
+        return None
+    except SpecError as exc:
+        culprit = part[0]
+        if exc.loc[:1] == ("objective",) and len(part) > 1:
+            for item in part:
+                try:
+                    build_plan(item.config, base, [item])
+                except SpecError as own:
+                    culprit, exc = item, own
+                    break
+        raise UserError(culprit.source.error(exc) if culprit.source else exc.message) from None
+    if on_built:
+        on_built()
+    return Renderer(plan).run()
+
+
+def _device_name(item: SweepItem) -> str:
+    """'CPU' or 'CUDA': the memory an item's device ran out of."""
+    return resolve_device(item.config.device).type.upper()

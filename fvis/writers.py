@@ -28,19 +28,6 @@ BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
 
 
-def prepare_run_dir(path: Path, force: bool) -> Path:
-    """Create the run folder; an existing non-empty one is an error unless `force`."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise UserError(f"{path}: run folder exists; pass --force to overwrite it or --out DIR")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot create the run folder ({exc.strerror})") from None
-    return path
-
-
 def over_checkerboard(image: Image.Image, square: int = 8) -> Image.Image:
     """An image with alpha shown over a light/dark grey checkerboard (transparency visible)."""
     board = Image.new("RGB", image.size, (204, 204, 204))
@@ -86,27 +73,50 @@ def grid(
 
 def write_run(run_dir: Path, config: Config, plan: Plan, result: Result) -> list[str]:
     """grid.png, image_<i>.png per final image, config.yaml (the resolved `config`) and
-    run.json; returns file names."""
+    run.json, written last so that it never describes files not yet there; returns file names.
+
+    A grid too large for memory is a UserError naming grid.png (the caller decides whether that
+    fails a run); a file that cannot be written is one from `write_atomic`.
+    """
     snaps = result.snapshots[1:] or result.snapshots
     batch = snaps[0].images.shape[0]
     rows = [[s.images[b] for s in snaps] for b in range(batch)]
-    sheet = grid(
-        rows,
-        [f"step {s.step}" for s in snaps],
-        [f"#{b}" for b in range(batch)],
-        config.output.cell,
-        alpha=config.param.alpha,
-    )
-    files = {"grid.png": png_bytes(sheet)}
+    try:
+        sheet = grid(
+            rows,
+            [f"step {s.step}" for s in snaps],
+            [f"#{b}" for b in range(batch)],
+            config.output.cell,
+            alpha=config.param.alpha,
+        )
+        files = {"grid.png": png_bytes(sheet)}
+    except MemoryError:
+        h, w = snaps[0].images.shape[-2:]
+        k = max(1, -(-config.output.cell // max(h, w)))  # as `grid` scales
+        width = LABEL_WIDTH + len(snaps) * (w * k + 2)
+        height = LABEL_HEIGHT + batch * (h * k + 2)
+        raise UserError(
+            f"{run_dir / 'grid.png'}: out of memory making a grid of {width}x{height} pixels "
+            f"(try a smaller output.cell than {config.output.cell})"
+        ) from None
     for b in range(batch):
         files[f"image_{b}.png"] = png_bytes(to_pil(snaps[-1].images[b], config.param.alpha))
     files.update(param_files(plan.param, snaps[-1].images))
     resolved = config.model_dump(mode="json")
     files["config.yaml"] = yaml.safe_dump(resolved, sort_keys=False).encode()
-    files["run.json"] = to_json(_metadata(config, plan, result, resolved, sorted(files)))
     for name, data in files.items():
         write_atomic(run_dir / name, data)
-    return list(files)
+    write_metadata(run_dir, config, plan, result, sorted(files))
+    return [*files, "run.json"]
+
+
+def write_metadata(
+    run_dir: Path, config: Config, plan: Plan, result: Result, files: list[str]
+) -> None:
+    """run.json alone, listing `files` (besides itself): with `write_run`'s other files, or by
+    itself where a failed run can record no more than its status and error."""
+    resolved = config.model_dump(mode="json")
+    write_atomic(run_dir / "run.json", to_json(_metadata(config, plan, result, resolved, files)))
 
 
 def _metadata(

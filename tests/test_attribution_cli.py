@@ -4,7 +4,10 @@ reported as one `file:line: yaml.path: message` line with exit code 2."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, TINY_NETS
 from fvis.config.attribution import AttributionConfig
 from fvis.config.attribution_methods import METHODS
 from fvis.io import to_pil
@@ -309,19 +312,117 @@ def reused():
 """
 
 
-def test_captum_refusals_are_one_located_line(cli, write_config, workdir: Path) -> None:
-    """DeepLift on a ReLU module called twice: Captum's message, at the method's line."""
+def test_a_method_captum_refuses_fails_alone(cli, write_config, workdir: Path) -> None:
+    """DeepLift on a ReLU module called twice: Captum's reason in one line at the method's
+    line, the other methods' results written, the failure recorded, exit 1 (the run started)."""
     (workdir / "reuse.py").write_text(REUSED_RELU)
     _save(torch.rand(3, 16, 16), workdir / "x.png")
     config = _tiny(
+        name="partial",
         model={"source": "factory", "factory": "reuse:reused"},
         inputs=["x.png"],
         size=16,
-        methods=[{"kind": "saliency"}, {"kind": "deep_lift"}],
+        methods=[
+            {"kind": "saliency"},
+            {"kind": "deep_lift"},
+            {"kind": "integrated_gradients", "n_steps": 4},
+            {"kind": "deep_lift", "name": "again"},
+        ],
     )
-    path = write_config(config)
+    path = write_config(yaml.safe_dump(config, sort_keys=False))
+    result = cli("attribute", path, "-q")
+    assert result.exit_code == 1, result.output
+    notice, *lines = result.stderr.strip().splitlines()
+    assert notice.endswith(
+        "model.factory: note: runs your code (reuse:reused); use only code you trust"
+    )
+    assert len(lines) == 2, lines
+    assert (
+        lines[0].startswith(f"{path}:") and ": methods[1]: deep_lift failed in Captum" in lines[0]
+    )
+    assert "used more than once" in lines[0]
+    assert "methods[3]: deep_lift failed in Captum (RuntimeError)" in lines[1]
+    assert "Traceback" not in result.output
+    run_dir = workdir / "outputs" / "partial"
+    report = json.loads((run_dir / "attribution.json").read_text())
+    assert report["status"] == "failed"
+    assert report["error"] == "2 of 4 methods failed: deep_lift, again"
+    statuses = [(m["name"], m["status"]) for m in report["methods"]]
+    assert statuses == [
+        ("saliency", "complete"),
+        ("deep_lift", "failed"),
+        ("integrated_gradients", "complete"),
+        ("again", "failed"),
+    ]
+    assert "used more than once" in report["methods"][1]["error"]
+    tensors = load_file(str(run_dir / "attributions.safetensors"))
+    assert {"saliency", "integrated_gradients"} <= tensors.keys()
+    assert "deep_lift" not in tensors and "again" not in tensors
+    with Image.open(run_dir / "grid.png") as grid:  # the input and two method columns
+        assert grid.width < 4 * 128
+
+
+def test_nothing_is_written_outside_the_run_folder(tmp_path: Path) -> None:
+    """Captum imports matplotlib, which would create ~/.config/matplotlib and ~/.cache/matplotlib:
+    fvis points it at a temporary folder, removed at exit (a user's MPLCONFIGDIR is kept)."""
+    home, temp, work = tmp_path / "home", tmp_path / "tmp", tmp_path / "work"
+    for folder in (home, temp, work):
+        folder.mkdir()
+    (work / "cfg.yaml").write_text(yaml.safe_dump(_tiny(methods=[{"kind": "saliency"}])))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME")
+    }
+    env |= {"HOME": str(home), "TMPDIR": str(temp)}
+    command = [sys.executable, "-m", "fvis", "attribute", "cfg.yaml", "--out", "run", "-q"]
+    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (work / "run" / "attribution.json").is_file()
+    assert sorted(p.name for p in work.iterdir()) == ["cfg.yaml", "run"]
+    assert list(home.rglob("*")) == []
+    assert list(temp.rglob("*")) == []
+    own = tmp_path / "mpl"
+    env["MPLCONFIGDIR"] = str(own)
+    result = subprocess.run([*command, "--force"], cwd=work, env=env, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert list(own.glob("fontlist-*.json")), "the user's MPLCONFIGDIR is used"
+
+
+def test_paths_are_relative_to_a_relative_configs_folder(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fvis attribute cfg/x.yaml` from the config's parent: run, folder, file and sample
+    inputs are found once under cfg/ (not under cfg/cfg/)."""
+    g = torch.Generator().manual_seed(0)
+    for i in (0, 1):
+        _save(torch.rand(3, 16, 16, generator=g), tmp_path / "r" / f"image_{i}.png")
+    _save(torch.rand(3, 16, 16, generator=g), tmp_path / "photos" / "a.png")
+    _save(torch.rand(3, 16, 16, generator=g), tmp_path / "cfg" / "near.png")
+    config = _tiny(
+        model=TINY_MODEL,
+        size=16,
+        inputs=[
+            {"kind": "run", "path": "../r"},
+            {"kind": "folder", "path": "../photos"},
+            "near.png",
+        ],
+        distribution={"kind": "samples", "inputs": [{"kind": "folder", "path": "../photos"}]},
+        methods=[{"kind": "saliency"}, {"kind": "gradient_shap", "n_samples": 2}],
+    )
+    (tmp_path / "cfg" / "x.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "cfg" / "tinynets.py").write_text(TINY_NETS)
+    monkeypatch.chdir(tmp_path)
+    result = cli("attribute", "cfg/x.yaml", "--out", "out", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "attribution.json").read_text())
+    assert [i["name"] for i in report["inputs"]] == ["r/image_0", "r/image_1", "a", "near"]
+
+
+def test_an_absolute_folder_pattern_is_a_located_error(cli, write_config, workdir: Path) -> None:
+    (workdir / "photos").mkdir()
+    path = write_config(_tiny(inputs=[{"kind": "folder", "path": "photos", "pattern": "/etc/*"}]))
     result = cli("attribute", path, "-q")
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "methods[1]: deep_lift failed in Captum" in lines[0], lines
-    assert "used more than once" in lines[0]
+    assert len(lines) == 1 and "inputs[0].pattern: '/etc/*': not a pattern" in lines[0], lines

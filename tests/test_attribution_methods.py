@@ -3,16 +3,18 @@ noise tunnels, metrics, and the checks that turn misuse into located errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from fvis.attribution.run import Outcome, Plan, build, run
+from fvis.attribution.run import Outcome, Plan, build, run, write
 from fvis.config.attribution import METHOD_MODELS, AttributionConfig
 from fvis.config.attribution_methods import METHODS
 from fvis.errors import SpecError
+from fvis.io import to_pil
 
 SIZE = 32
 LAYER = "conv3"  # [B, 64, 8, 8] for a 32x32 input
@@ -218,3 +220,158 @@ def test_build_errors_are_located(
         build(tiny_config(methods, **overrides), Path.cwd())
     assert caught.value.loc == loc
     assert message in caught.value.message
+
+
+REUSED_RELU = """
+import torch
+from torch import nn
+
+
+class Reused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.relu(self.relu(self.a(x)) - 0.1)
+        return self.head(x.mean((2, 3)))
+"""
+
+
+def test_a_failing_method_is_recorded_and_the_others_are_written(tmp_path: Path) -> None:
+    (tmp_path / "reuse.py").write_text(REUSED_RELU)
+    config = tiny_config(
+        [{"kind": "deep_lift"}, {"kind": "saliency"}],
+        model={"source": "factory", "factory": "reuse:Reused"},
+        inputs=[{"kind": "file", "path": "x.png"}],
+    )
+    to_pil(torch.rand(3, SIZE, SIZE)).save(tmp_path / "x.png")
+    outcome = run(build(config, tmp_path))
+    assert [r.prepared.name for r in outcome.results] == ["saliency"]
+    [failure] = outcome.failures
+    assert failure.error.loc == ("methods", 0)
+    assert failure.error.message.startswith("deep_lift failed in Captum (RuntimeError): ")
+    (tmp_path / "run").mkdir()
+    write(tmp_path / "run", outcome)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "attribution.json",
+        "attributions.safetensors",
+        "config.yaml",
+        "grid.png",
+    ]
+
+
+# ----------------------------------------------------------------------------- lime_base
+
+PLANTED = """
+import torch
+from torch import nn
+
+
+class Planted(nn.Module):
+    '''Class 0's logit is driven by the top-right 8x8 cell; the rest of the image barely counts.'''
+
+    def forward(self, x):
+        region = x[:, :, :8, 8:].mean((1, 2, 3))
+        rest = x.mean((1, 2, 3))
+        return torch.stack([4 * region + 0.2 * rest, -region], 1)
+
+
+def drop_half(original_input, **kwargs):
+    '''A custom sampler: each segment kept with probability 0.75.'''
+    return torch.bernoulli(torch.full((1, kwargs["num_interp_features"]), 0.75))
+
+
+def bad_shape(original_input, **kwargs):
+    return torch.ones(3)
+
+
+def same_weight(original, perturbed, interpretable, **kwargs):
+    return 2.0
+"""
+
+LIME_BASE_CHOICES = [
+    {},
+    {"space": {"kind": "presence", "keep": 0.8}},
+    {"space": {"kind": "blend"}, "kernel": {"kind": "uniform"}},
+    {"space": {"kind": "blend", "low": 0.5}, "ridge": 0.1},
+    {"kernel": {"between": "features", "distance": "euclidean", "width": 2.0}},
+    {"space": {"kind": "custom", "sample": "planted:drop_half"}},
+    {"kernel": {"kind": "custom", "function": "planted:same_weight"}},
+]
+
+
+def _planted(tmp_path: Path, methods: list[dict[str, Any]]) -> Outcome:
+    """Two random 16x16 images on the planted model, 2x2 segments of 8 px, black baseline."""
+    (tmp_path / "planted.py").write_text(PLANTED)
+    g = torch.Generator().manual_seed(0)
+    for name in ("a.png", "b.png"):
+        to_pil(0.2 + 0.6 * torch.rand(3, 16, 16, generator=g)).save(tmp_path / name)
+    config = tiny_config(
+        methods,
+        model={"source": "factory", "factory": "planted:Planted"},
+        inputs=["a.png", "b.png"],
+        size=16,
+        target=0,
+        mask={"kind": "grid", "size": 8},
+    )
+    return run(build(config, tmp_path))
+
+
+@pytest.mark.parametrize("choices", LIME_BASE_CHOICES, ids=lambda c: json.dumps(c))
+def test_lime_base_ranks_the_planted_region_first(tmp_path: Path, choices: dict) -> None:
+    outcome = _planted(tmp_path, [{"kind": "lime_base", "n_samples": 48, **choices}])
+    assert not outcome.failures, outcome.failures
+    raw = outcome.results[0].output.raw
+    assert raw.shape == (2, 3, 16, 16)
+    cells = raw[:, 0].unfold(1, 8, 8).unfold(2, 8, 8)  # [B, 2, 2, 8, 8]
+    assert (cells == cells[..., :1, :1]).all()  # one value per segment, on every channel
+    assert torch.equal(raw[:, 0], raw[:, 2])
+    per_cell = cells[..., 0, 0].flatten(1)  # [B, 4]: cells in row order
+    assert per_cell.argmax(1).tolist() == [1, 1]  # the top-right cell
+    assert (per_cell[:, 1] > 4 * per_cell[:, [0, 2, 3]].abs().amax(1)).all()
+
+
+def test_lime_base_with_its_defaults_is_lime() -> None:
+    """Presence with keep 0.5, Captum's cosine kernel of width 1, 25 samples, the same ridge:
+    Lime, on the built-in (nonlinear) model with 16 segments."""
+    config = tiny_config(
+        [{"kind": "lime_base"}, {"kind": "lime"}], mask={"kind": "grid", "size": 8}
+    )
+    lime_base, lime = (r.output.raw for r in run(build(config, Path.cwd())).results)
+    assert torch.allclose(lime_base, lime, rtol=1e-3, atol=1e-4)  # its kernel in float64
+    assert float(lime.abs().max()) > 0.1
+
+
+@pytest.mark.parametrize(
+    ("choices", "message"),
+    [
+        (
+            {"space": {"kind": "custom", "sample": "planted:bad_shape"}},
+            "lime_base failed in Captum (ValueError): planted:bad_shape returned [3]; expected "
+            "a tensor [1, 4]",
+        ),
+        (
+            {"kernel": {"distance": "euclidean", "width": 1e-6}},
+            "the similarity kernel gave every sample weight 0",
+        ),
+    ],
+)
+def test_lime_base_failures_are_one_line(tmp_path: Path, choices: dict, message: str) -> None:
+    outcome = _planted(tmp_path, [{"kind": "lime_base", "n_samples": 8, **choices}])
+    [failure] = outcome.failures
+    assert failure.error.loc == ("methods", 0)
+    assert message in failure.error.message and "\n" not in failure.error.message
+
+
+def test_lime_base_user_functions_are_located(tmp_path: Path) -> None:
+    config = tiny_config(
+        [{"kind": "lime_base", "kernel": {"kind": "custom", "function": "nowhere:kernel"}}]
+    )
+    with pytest.raises(SpecError) as caught:
+        build(config, tmp_path)
+    assert caught.value.loc == ("methods", 0, "kernel", "function")
+    assert "cannot import 'nowhere'" in caught.value.message

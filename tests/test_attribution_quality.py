@@ -101,3 +101,28 @@ def test_gradcam_and_integrated_gradients_find_the_blob(
         assert (fraction > 1.2 * area).all(), result.prepared.name  # well above chance
     with capsys.disabled():
         print("\n".join(lines))
+
+
+@pytest.mark.parametrize("space", [{"kind": "blend"}, {"kind": "presence", "keep": 0.8}])
+def test_lime_base_finds_the_blob(capsys: pytest.CaptureFixture[str], space: dict) -> None:
+    """LimeBase's surrogate on 64 segments of 8x8 px: most positive mass on the blob's
+    segments, in whichever interpretable space it samples."""
+    inputs = [{"kind": "zoo_class", "class": c, "seed": 0} for c in COLOURS]
+    method = {
+        "kind": "lime_base",
+        "space": space,
+        "mask": {"kind": "grid", "size": 8},
+        "n_samples": 128,
+        "perturbations_per_eval": 64,
+    }
+    outcome = _run(inputs, [method], baseline={"kind": "constant", "value": 0.5})
+    plan, result = outcome.plan, outcome.results[0]
+    labels = [label for label in plan.images.labels if label is not None]
+    masks = blob_masks(plan.images.tensor, labels)
+    assert result.output.map is not None
+    fraction = inside_fraction(result.output.map, masks)
+    with capsys.disabled():
+        values = " ".join(f"{f:.2f}" for f in fraction.tolist())
+        print(f"\nlime_base {space}: positive mass inside the blob {values}")
+    assert fraction.mean() > 0.55
+    assert (fraction > 1.2 * masks.mean((1, 2))).all()  # well above chance

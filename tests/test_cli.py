@@ -98,3 +98,27 @@ def test_zoo_list(cli) -> None:
     result = cli("zoo", "list")
     assert result.exit_code == 0
     assert "conv3" in result.stdout and "9 blue" in result.stdout
+
+
+def test_a_config_that_runs_user_code_says_so_where_it_does(cli, write_config) -> None:
+    path = write_config(tiny_config())
+    note = (
+        f"{path}:4: model.factory: note: runs your code (tinynets:convnet); use only code you trust"
+    )
+    for command in (("validate", path, "--deep"), ("layers", path)):
+        result = cli(*command)
+        assert result.exit_code == 0 and note in result.stderr.splitlines(), result.stderr
+
+
+def test_a_build_that_fails_says_only_why(cli, write_config) -> None:
+    plugin = {"kind": "plugin", "factory": "tinynets:not_a_module", "layer": "conv2"}
+    path = write_config(tiny_config(objective=plugin))
+    result = cli("validate", path, "--deep")
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "objective: tinynets:not_a_module refused its arguments" in result.stderr
+
+
+def test_a_zoo_config_runs_no_user_code_and_says_nothing(cli, write_config) -> None:
+    path = write_config(tiny_config(model={"source": "zoo", "name": "shapes"}))
+    result = cli("layers", path)
+    assert result.exit_code == 0 and "note:" not in result.stderr

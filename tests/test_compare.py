@@ -373,3 +373,77 @@ def test_user_errors_exit_2(tmp_path: Path, cli) -> None:
     (broken / "run.json").write_text("{")
     bad_json = cli("compare", broken, golden)
     assert bad_json.exit_code == 2 and "run.json: not valid JSON" in bad_json.stderr
+
+
+NOT_A_RUN = [
+    ("a list", "[1, 2]", "the top level is a list, not an object"),
+    ("a string", '"x"', "the top level is a string, not an object"),
+    ("no final", "{}", "`final` is missing"),
+    ("final not an object", '{"final": 3}', "`final` is a number, not an object"),
+    ("no objective", '{"final": {}}', "`final.objective` is missing (or null), not a list of"),
+    (
+        "objective of strings",
+        '{"final": {"objective": ["1"]}}',
+        "`final.objective` is a list holding something other than numbers",
+    ),
+    (
+        "terms a list",
+        '{"final": {"objective": [1.0], "terms": [1]}}',
+        "`final.terms` is a list, not an object",
+    ),
+    (
+        "a term a number",
+        '{"final": {"objective": [1.0], "terms": {"a": 1}}}',
+        "`final.terms[a]` is a number, not a list of numbers",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "problem"), NOT_A_RUN, ids=[c[0] for c in NOT_A_RUN])
+@pytest.mark.parametrize("side", ["golden", "run"])
+def test_a_run_json_that_is_not_a_runs_is_a_usage_error(
+    tmp_path: Path, cli, case: str, text: str, problem: str, side: str
+) -> None:
+    """Valid JSON of another structure: exit 2 naming the file, not a regression (exit 1)."""
+    golden = _run(tmp_path / "golden", [_noise(0)], [1.0])
+    run = _run(tmp_path / "run", [_noise(0)], [1.0])
+    bad = (golden if side == "golden" else run) / "run.json"
+    bad.write_text(text)
+    result = cli("compare", run, golden)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{bad}: not a run.json written by fvis: {problem}"), lines
+    assert lines[0].endswith("; render it again, or compare another folder")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[]", "the top level is a list, not an object"),
+        ('{"items": 3}', "`items` is a number, not an object"),
+        ('{"items": {"k": 1}}', "`items[k]` is a number, not an object"),
+        ('{"items": {"k": {"objective": "x"}}}', "`items[k].objective` is a string, not a number"),
+    ],
+)
+def test_a_sweep_json_that_is_not_a_sweeps_is_a_usage_error(
+    tmp_path: Path, cli, text: str, problem: str
+) -> None:
+    golden, run = tmp_path / "golden", tmp_path / "run"
+    _sweep(golden, {"objective.channel=0": 1.0}, seconds=0.1)
+    _sweep(run, {"objective.channel=0": 1.0}, seconds=0.1)
+    (golden / "sweep.json").write_text(text)
+    result = cli("compare", run, golden)
+    assert result.exit_code == 2, result.output
+    assert f"{golden / 'sweep.json'}: not a sweep.json written by fvis: {problem};" in result.stderr
+
+
+def test_json_too_deep_or_with_huge_numbers_is_a_usage_error(tmp_path: Path, cli) -> None:
+    golden = _run(tmp_path / "golden", [_noise(0)], [1.0])
+    run = _run(tmp_path / "run", [_noise(0)], [1.0])
+    for text in ("[" * 100_000 + "]" * 100_000, '{"final": {"objective": [' + "9" * 5000 + "]}}"):
+        (run / "run.json").write_text(text)
+        result = cli("compare", run, golden)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"{run / 'run.json'}: not valid JSON (")
+        assert len(result.stderr.strip().splitlines()) == 1

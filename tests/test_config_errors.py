@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import tiny_config
-from fvis.config import load_config
+from fvis.config import ConfigError, load_config
+from fvis.config.loader import parse_yaml
 
 GOOD = yaml.safe_dump(tiny_config(), sort_keys=False)
 
@@ -190,3 +192,250 @@ def test_validate_accepts_a_good_file(write_config, cli) -> None:
     result = cli("validate", path, "--deep")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"{path}: ok"
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+# Depth bombs, huge integers, duplicate keys: refused in one line at their place, exit 2, never
+# a RecursionError or ValueError traceback (issue 15).
+
+HEAD = "model: {source: zoo, name: shapes}\nobjective: {kind: channel, layer: conv3, channel: 5}\n"
+
+
+def _nested_blocks(depth: int) -> str:
+    """`depth` block mappings inside each other, indented by one space per level."""
+    return "".join(" " * i + "a:\n" for i in range(1, depth + 1)) + " " * depth + " 1\n"
+
+
+def _alias_chain(length: int) -> str:
+    """Each list holds the one before through an alias: shallow text, deep data."""
+    return "a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, length))
+
+
+# (case, YAML text after HEAD, line of the error, its YAML path, the message)
+TOO_DEEP = "nested more than 64 levels deep: fvis reads at most 64 levels of lists and mappings"
+HOSTILE = [
+    (
+        "20,000 nested [",
+        "name: " + "[" * 20_000 + "]" * 20_000 + "\n",
+        3,
+        "name[0][0][0][0][0][0][0]...",
+        TOO_DEEP,
+    ),
+    (
+        "3,000 nested flow mappings",
+        "name: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n",
+        3,
+        "name.a.a.a.a.a.a.a...",
+        TOO_DEEP,
+    ),
+    (
+        "1,000 nested block mappings",
+        "name:\n" + _nested_blocks(1000),
+        67,
+        "name.a.a.a.a.a.a.a...",
+        TOO_DEEP,
+    ),
+    (
+        "a chain of 100 aliases",
+        _alias_chain(100),
+        66,
+        "a63",
+        "nested more than 64 levels deep once YAML aliases are expanded: fvis reads at most 64 "
+        "levels of lists and mappings",
+    ),
+    (
+        "an alias inside what it names",
+        "name: &a [1, *a]\n",
+        3,
+        "name[1]",
+        "a YAML alias inside the list or mapping it names: it nests without end",
+    ),
+    (
+        "an integer of 5,000 digits",
+        "seed: " + "9" * 5000 + "\n",
+        3,
+        "seed",
+        "integer with 5000 digits is too large (at most 100)",
+    ),
+    (
+        "a hexadecimal integer of 5,000 digits",
+        "seed: 0x" + "f" * 5000 + "\n",
+        3,
+        "seed",
+        "integer with 5000 digits is too large (at most 100)",
+    ),
+    (
+        "a huge integer as a key",
+        "hooks: {" + "1" * 200 + ": conv3}\n",
+        3,
+        "hooks." + "1" * 200,
+        "integer with 200 digits is too large (at most 100)",
+    ),
+    ("duplicate top-level key", "name: a\nname: b\n", 4, "name", "duplicate key (first at line 3)"),
+    (
+        "duplicate nested key",
+        "optim:\n  steps: 8\n  lr: 0.05\n  steps: 9\n",
+        6,
+        "optim.steps",
+        "duplicate key (first at line 4)",
+    ),
+    (
+        "duplicate key in a flow mapping",
+        "param: {size: 32, size: 64}\n",
+        3,
+        "param.size",
+        "duplicate key (first at line 3)",
+    ),
+    (
+        "duplicate key spelled with quotes",
+        "name: a\n'name': b\n",
+        4,
+        "name",
+        "duplicate key (first at line 3)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "line", "where", "message"), HOSTILE, ids=[c[0] for c in HOSTILE]
+)
+def test_hostile_yaml_is_one_located_line(
+    write_config, cli, case: str, text: str, line: int, where: str, message: str
+) -> None:
+    path = write_config(HEAD + text)
+    result = cli("validate", path)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"{path}:{line}: {where}: {message}"]
+
+
+def test_depth_is_refused_before_python_runs_out_of_stack(write_config) -> None:
+    """Nothing recurses more than a few frames per level below the limit: a 20,000-deep file
+    is refused even with a recursion limit of 500 (Python's default is 1000)."""
+    path = write_config(HEAD + "name: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(500)
+    try:
+        with pytest.raises(ConfigError, match="nested more than 64 levels"):
+            load_config(path)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_sixty_four_levels_are_read_and_sixty_five_refused() -> None:
+    """The top-level mapping and 63 lists inside it: 64 levels, read; one more list, refused."""
+    data, problems = parse_yaml("a: " + "[" * 63 + "1" + "]" * 63)
+    assert problems == []
+    expected: object = 1
+    for _ in range(63):
+        expected = [expected]
+    assert data["a"] == expected
+    _, problems = parse_yaml("a: " + "[" * 64 + "1" + "]" * 64)
+    assert [(p.loc[:2], p.message) for p in problems] == [(("a", 0), TOO_DEEP)]
+
+
+def test_every_duplicate_is_reported_at_once(write_config) -> None:
+    path = write_config(HEAD + "name: a\nseed: 1\nname: b\nseed: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.lines == [
+        f"{path}:5: name: duplicate key (first at line 3)",
+        f"{path}:6: seed: duplicate key (first at line 4)",
+    ]
+
+
+def test_merge_keys_still_override() -> None:
+    """`<<: *base` then a key of its own is YAML's way to override: not a duplicate."""
+    text = (
+        "model: {source: zoo, name: shapes}\n"
+        "base: &base {kind: channel, layer: conv3, channel: 5, weight: 2.0}\n"
+        "objective: {<<: *base, weight: 3.0}\n"
+    )
+    data, problems = parse_yaml(text)
+    assert problems == []
+    assert data["objective"] == {"kind": "channel", "layer": "conv3", "channel": 5, "weight": 3.0}
+
+
+def test_attribution_configs_refuse_duplicate_keys(write_config, cli) -> None:
+    text = (
+        "model: {source: zoo, name: shapes}\ninputs: [{kind: zoo_class, class: red}]\n"
+        "methods: [{kind: saliency}]\ntarget: red\ntarget: blue\n"
+    )
+    path = write_config(text)
+    result = cli("attribute", path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"{path}:5: target: duplicate key (first at line 4)"
+
+
+SET_CASES = [
+    (
+        "5,000-deep list",
+        "objective.channel=" + "[" * 5000 + "]" * 5000,
+        "objective.channel[0][0][0][0][0][0]...: " + TOO_DEEP,
+    ),
+    (
+        "3,000-deep mapping",
+        "objective.channel=" + "{a: " * 3000 + "1" + "}" * 3000,
+        "objective.channel.a.a.a.a.a.a...: " + TOO_DEEP,
+    ),
+    (
+        "integer of 5,000 digits",
+        "objective.channel=" + "9" * 5000,
+        "objective.channel: integer with 5000 digits is too large (at most 100)",
+    ),
+    (
+        "duplicate key",
+        "objective={kind: channel, layer: conv3, channel: 1, channel: 2}",
+        "objective.channel: duplicate key (first at line 1)",
+    ),
+    ("path of 5,000 parts", "a." * 5000 + "b=1", "the path has more than 64 parts"),
+    (
+        "index of 5,000 digits",
+        "transforms." + "9" * 5000 + "=1",
+        "transforms: Input should be a valid list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "item", "message"), SET_CASES, ids=[c[0] for c in SET_CASES])
+def test_hostile_set_values_are_one_line(write_config, cli, case: str, item: str, message: str):
+    path = write_config(HEAD)
+    result = cli("validate", path, "--set", item)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    shown = item if len(item) <= 60 else item[:60] + "..."
+    assert line == f"{path}: --set {shown}: {message}"
+    assert len(line) < 400  # the item is quoted by its start, not its 10,000 characters
+
+
+def test_a_long_set_item_is_quoted_by_its_start_in_later_errors(write_config, cli) -> None:
+    path = write_config(HEAD)
+    item = "name=" + "x" * 5000
+    result = cli("validate", path, "--set", item)
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"{path}: --set {item[:60]}...: name: String should")
+
+
+@pytest.mark.parametrize("field", ["vector: {file: NAME}", "target: {image: NAME}"])
+def test_a_path_too_long_to_exist_is_refused_in_validation(write_config, cli, field: str):
+    kind = "direction" if "vector" in field else "l2_inversion"
+    name = "d" * 5000
+    text = f"model: {{source: zoo, name: shapes}}\nobjective: {{kind: {kind}, layer: conv3, "
+    path = write_config(text + field.replace("NAME", name) + "}\n")
+    result = cli("validate", path, "--deep")
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    key = "objective.vector.file" if "vector" in field else "objective.target.image"
+    assert line == f"{path}:2: {key}: path of 5000 characters is too long (at most 4096)"
+
+
+def test_a_path_component_too_long_is_refused(write_config, cli) -> None:
+    text = "model: {source: zoo, name: shapes}\nobjective: {kind: direction, layer: conv3, "
+    path = write_config(text + f"vector: {{file: {'d' * 300}/v.npy}}}}\n")
+    result = cli("validate", path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"{path}:2: objective.vector.file: path component 'dddddddddddddddddddd'... is too "
+        "long (at most 255 bytes)"
+    )

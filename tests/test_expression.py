@@ -115,3 +115,116 @@ def test_an_expression_error_is_reported_at_the_objective_line(write_config, cli
     assert result.stderr.strip() == (
         f"{path}:2: objective: expected ',' or ')', found the end at column 17"
     )
+
+
+def test_mappings_as_in_yaml_flow_style() -> None:
+    """`{random: 3}` is what the YAML says, in the YAML's own spelling (issue 15)."""
+    tree = parse_objective(
+        "direction(conv3, {random: 3}) + vector(conv4, {file: v.pt, key: 'dir', index: 2})"
+        " + l2_inversion(conv3, {image: 'cat.png'})"
+    )
+    direction, vector, inversion = tree["terms"]
+    assert direction["vector"] == {"random": 3}
+    assert vector["vector"] == {"file": "v.pt", "key": "dir", "index": 2}
+    assert inversion["target"] == {"image": "cat.png"}
+    assert parse_objective("direction(conv3, {random: 3})") == parse_objective(
+        "direction(conv3, random(3))"
+    )
+
+
+def test_a_mapping_validates_like_the_yaml() -> None:
+    by_string = Config.model_validate({"objective": "direction(conv3, {random: 3}, cossim_pow=1)"})
+    by_tree = Config.model_validate(
+        {
+            "objective": {
+                "kind": "direction",
+                "layer": "conv3",
+                "vector": {"random": 3},
+                "cossim_pow": 1,
+            }
+        }
+    )
+    assert by_string == by_tree
+
+
+def test_several_channels_in_an_expression() -> None:
+    tree = parse_objective("channel(conv3, [5, 12]) + neuron(conv3, [1, 2], x=0)")
+    assert tree["terms"][0] == {"kind": "channel", "layer": "conv3", "channel": [5, 12]}
+    config = Config.model_validate({"objective": "channel(conv3, [5, 12])"})
+    assert config.objective.channel == [5, 12]
+    assert Config.model_validate({"objective": "channel(conv3, 5)"}).objective.channel == [5]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("direction(a, {random: 3, random: 4})", "duplicate key 'random' at column 26"),
+        ("direction(a, {random 3})", "expected ':', found '3' at column 22"),
+        ("direction(a, {3: 4})", "expected a key, found '3' at column 15"),
+        ("direction(a, {random: 3)", "expected ',', found ')' at column 24"),
+    ],
+)
+def test_mapping_errors(text: str, message: str) -> None:
+    with pytest.raises(ExpressionError) as info:
+        parse_objective(text)
+    assert str(info.value) == message
+
+
+DEPTH = "nested more than 64 levels deep at column {}: fvis reads at most 64 levels of "
+DEPTH += "parentheses, signs, calls, lists and mappings"
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "column"),
+    [
+        ("3,000 parentheses", "(" * 3000 + "channel(conv2, 1)" + ")" * 3000, 65),
+        ("3,000 minus signs", "-" * 3000 + "channel(conv2, 1)", 65),
+        ("a tower of powers", "channel(conv2, 1)" + " ^ 2" * 3000, 17 + 4 * 64 + 2),
+        ("5,000 nested lists", "channel(conv2, " + "[" * 5000 + "]" * 5000 + ")", 16 + 63),
+        ("nested calls", "interpolate(" * 3000 + "layer(a)" + ")" * 3000, 1 + 12 * 64),
+        ("nested mappings", "direction(a, " + "{a: " * 3000 + "1" + "}" * 3000 + ")", 14 + 4 * 63),
+    ],
+)
+def test_depth_bombs_are_refused_at_a_column(case: str, text: str, column: int) -> None:
+    with pytest.raises(ExpressionError) as info:
+        parse_objective(text)
+    assert str(info.value) == DEPTH.format(column)
+
+
+def test_sixty_four_levels_parse() -> None:
+    """63 parentheses (or signs) and the call inside them: 64 levels."""
+    tree = parse_objective("(" * 63 + "channel(conv2, 1)" + ")" * 63)
+    assert tree == {"kind": "channel", "layer": "conv2", "channel": 1}
+    assert parse_objective("-" * 63 + "channel(conv2, 1)")["weight"] == -1.0
+    with pytest.raises(ExpressionError, match="nested more than 64 levels deep at column 65"):
+        parse_objective("(" * 64 + "channel(conv2, 1)" + ")" * 64)
+
+
+def test_an_integer_too_long_is_refused() -> None:
+    with pytest.raises(ExpressionError) as info:
+        parse_objective("channel(conv2, " + "9" * 5000 + ")")
+    assert str(info.value) == "integer with 5000 digits at column 16 is too large (at most 100)"
+
+
+@pytest.mark.parametrize(
+    ("objective", "message"),
+    [
+        (
+            "(" * 3000 + "channel(conv2, 1)" + ")" * 3000,
+            "objective: " + DEPTH.format(65),
+        ),
+        (
+            "channel(conv2, " + "9" * 5000 + ")",
+            "objective: integer with 5000 digits at column 16 is too large (at most 100)",
+        ),
+    ],
+    ids=["depth", "digits"],
+)
+def test_hostile_expressions_are_one_line_at_the_objective(
+    write_config, cli, objective: str, message: str
+) -> None:
+    path = write_config(f"model: {{source: zoo}}\nobjective: '{objective}'\n")
+    result = cli("validate", path)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"{path}:2: {message}"]

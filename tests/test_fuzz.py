@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,143 @@ def test_valid_mutants_render(folder: Path, config: dict, monkeypatch: pytest.Mo
     ]
     if _run(folder, text, "validate") == 0:
         _run(folder, text, "render", *small)
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+# Depth, size and duplicates (issue 15): each refused by `fvis validate` in exactly one line
+# naming the file, exit 2, never a traceback, wherever in the config it is put.
+
+BOMB = "BOMB_PLACEHOLDER"
+
+
+def _clean_refusal(folder: Path, text: str, *args: str) -> str:
+    """The one line `fvis validate` prints for a config it must refuse."""
+    path = folder / "hostile.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(path), *args])
+    shown = (text[:200], [a[:200] for a in args], result.output[-2000:], result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), shown
+    assert "Traceback" not in result.output, shown
+    assert result.exit_code == 2, shown
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, shown
+    assert lines[0].startswith(f"{path}"), shown
+    return lines[0]
+
+
+@st.composite
+def placed(draw: st.DrawFn) -> tuple[str, tuple]:
+    """BASE as YAML text with the value at a random place replaced by BOMB (flow style, so a
+    bomb of any shape fits where a value goes)."""
+    config = copy.deepcopy(BASE)
+    path = draw(st.sampled_from(_paths(config)))
+    parent = config
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = BOMB
+    return yaml.safe_dump(config, default_flow_style=True, width=10**9), path
+
+
+def _nested(shape: str, depth: int) -> str:
+    """`depth` levels of one shape of nesting, in YAML flow style."""
+    if shape == "list":
+        return "[" * depth + "1" + "]" * depth
+    if shape == "mapping":
+        return "{a: " * depth + "1" + "}" * depth
+    return "[{a: " * (depth // 2) + "1" + "}]" * (depth // 2)  # alternating
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    where=placed(),
+    shape=st.sampled_from(["list", "mapping", "alternating"]),
+    depth=st.integers(66, 20_000),
+)
+def test_depth_bombs_anywhere_are_one_line(folder: Path, where, shape: str, depth: int) -> None:
+    text, _ = where
+    line = _clean_refusal(folder, text.replace(BOMB, _nested(shape, depth)))
+    assert "nested more than 64 levels deep" in line
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    prefix=st.sampled_from(["(", "-", "- ", "(-", "channel(conv2, [", "interpolate("]),
+    depth=st.integers(65, 5000),
+)
+def test_deep_expressions_are_one_line(folder: Path, prefix: str, depth: int) -> None:
+    closing = {"(": ")", "[": "]"}
+    inner = prefix * depth + ("1" if prefix.endswith("[") else "channel(conv2, 1)")
+    suffix = "".join(closing.get(c, "") for c in reversed(prefix * depth))
+    if prefix == "interpolate(":  # every call but the innermost needs its second argument
+        inner = "interpolate(layer(conv2), " * depth + "layer(conv2)"
+        suffix = ")" * depth
+    config = {**BASE, "objective": BOMB}
+    text = yaml.safe_dump(config).replace(BOMB, f"'{inner}{suffix}'")
+    line = _clean_refusal(folder, text)
+    assert ": objective: nested more than 64 levels deep at column" in line
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    shape=st.sampled_from(["list", "mapping", "alternating"]),
+    depth=st.integers(66, 5000),
+    path=st.sampled_from(["objective.channel", "param.size", "name", "transforms.0", "hooks"]),
+)
+def test_deep_set_values_are_one_line(folder: Path, shape: str, depth: int, path: str) -> None:
+    line = _clean_refusal(folder, yaml.safe_dump(BASE), "--set", f"{path}={_nested(shape, depth)}")
+    assert "nested more than 64 levels deep" in line
+    assert len(line) < 500  # the --set item is quoted by its start
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    where=placed(),
+    digits=st.integers(101, 6000),
+    form=st.sampled_from(["{}", "-{}", "+{}", "0x{}", "1_{}"]),
+    via_set=st.booleans(),
+)
+def test_huge_integers_anywhere_are_one_line(
+    folder: Path, where, digits: int, form: str, via_set: bool
+) -> None:
+    text, path = where
+    number = form.format("7" * digits)
+    if via_set:
+        dotted = ".".join(map(str, path))
+        line = _clean_refusal(folder, yaml.safe_dump(BASE), "--set", f"{dotted}={number}")
+    else:
+        line = _clean_refusal(folder, text.replace(BOMB, number))
+    assert f"integer with {digits + form.count('1')} digits is too large" in line
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_duplicate_keys_anywhere_are_one_line(folder: Path, data: st.DataObject) -> None:
+    """Any key line of the block-style config written twice: refused at the second one."""
+    lines = yaml.safe_dump(BASE).splitlines()
+    keyed = [i for i, t in enumerate(lines) if re.match(r"^\s*(- )?[\w]+:", t)]
+    i = data.draw(st.sampled_from(keyed))
+    indent, item, rest = re.match(r"^(\s*)(- )?(.*)$", lines[i]).groups()
+    repeat = indent + ("  " if item else "") + rest
+    text = "\n".join([*lines[: i + 1], repeat, *lines[i + 1 :]]) + "\n"
+    line = _clean_refusal(folder, text)
+    assert line.endswith(f"duplicate key (first at line {i + 1})"), (text, line)
+    assert line.startswith(f"{folder / 'hostile.yaml'}:{i + 2}: ")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(where=placed(), length=st.integers(5000, 300_000), char=st.sampled_from("x/é0"))
+def test_long_strings_anywhere_validate_or_fail_cleanly(
+    folder: Path, where, length: int, char: str
+) -> None:
+    """A very long string where any value goes: accepted, or refused without a traceback."""
+    text, _ = where
+    text = text.replace(BOMB, "'" + char * length + "'")
+    path = folder / "hostile.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(app, ["validate", str(path), "--deep"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        text[:200],
+        result.exception,
+    )
+    assert "Traceback" not in result.output
+    assert result.exit_code in (0, 2), result.output[-2000:]

@@ -88,3 +88,34 @@ def test_layer_table_lists_shapes() -> None:
     rows = {name: shape for name, _, shape in layer_table(Branchy(), torch.rand(1, 3, 8, 8))}
     assert rows["left.0"] == "[1, 8, 8, 8]"
     assert rows["head"] == "[1, 4]"
+
+
+class SharedRelu(nn.Module):
+    """ResNet's habit: one ReLU module applied after two different layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(4, 2, 3)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.b(self.relu(self.a(x))))
+
+
+def test_layer_table_marks_a_module_called_twice_and_capture_reads_its_first_call() -> None:
+    model, x = SharedRelu(), torch.rand(1, 3, 8, 8)
+    rows = {name: shape for name, _, shape in layer_table(model, x)}
+    assert rows["relu"] == "[1, 4, 6, 6] (call 1 of 2: the one read)"
+    assert rows["a"] == "[1, 4, 6, 6]"
+    with Capture(model, ["relu"]) as capture:
+        acts = capture.run(x)
+    assert torch.equal(acts["relu"], torch.relu(model.a(x)))
+
+
+def test_an_unknown_layer_of_a_megabyte_is_named_by_its_start() -> None:
+    with pytest.raises(SpecError) as info:
+        resolve_layer("x" * 1_000_000, {}, Branchy(), ("objective", "layer"))
+    assert info.value.message == (
+        f"unknown layer {'x' * 80!r}... (1000000 characters) (`fvis layers CONFIG` lists them)"
+    )

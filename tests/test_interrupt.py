@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_runs import stopped_run
 
 from conftest import tiny_config
 from fvis import runs
@@ -95,7 +96,7 @@ def test_resumed_run_ends_in_the_same_image(write_config, workdir: Path) -> None
     runs.finish(run_dir, load_config(path).config, plan, first)
 
     second = Renderer(_plan(path))
-    runs.restore(second, run_dir)
+    runs.restore(second, run_dir, load_config(path).config)
     resumed = second.run()
     assert resumed.status == "complete" and resumed.steps_done == 40
     assert [s.step for s in resumed.snapshots] == [0, 10, 25, 40]
@@ -129,3 +130,33 @@ def test_non_finite_term_fails_naming_term_and_step(write_config, cli, workdir: 
     assert run["status"] == "failed" and message in run["error"]
     assert run["steps"] == 0 and [s["step"] for s in run["snapshots"]] == [0]
     assert (workdir / "outputs/cfg/image_0.png").exists()
+
+
+def test_a_resumed_run_writes_what_an_uninterrupted_run_writes(
+    cli, write_config, workdir: Path, monkeypatch
+) -> None:
+    """Stopped between two snapshots, the run's own grid shows where it stopped; resumed, its
+    outputs are byte for byte an uninterrupted run's (run.json too, but for timings)."""
+    path = write_config(
+        tiny_config(optim={"steps": 12, "thresholds": [4, 8]}, param={"size": 24, "batch": 2})
+    )
+    assert cli("render", path, "--quiet", "--out", "straight").exit_code == 0
+    stopped_run(path, workdir / "resumed", 6, monkeypatch)
+    stopped = json.loads((workdir / "resumed/run.json").read_text())
+    assert [s["step"] for s in stopped["snapshots"]] == [0, 4, 6]  # the stop's own snapshot
+
+    assert cli("render", "--resume", workdir / "resumed", "--quiet").exit_code == 0
+    for name in ("grid.png", "image_0.png", "image_1.png", "config.yaml"):
+        resumed, straight = workdir / "resumed" / name, workdir / "straight" / name
+        assert resumed.read_bytes() == straight.read_bytes(), name
+    timings = ("wall_seconds", "seconds_per_step")
+    resumed, straight = (
+        {
+            k: v
+            for k, v in json.loads((workdir / d / "run.json").read_text()).items()
+            if k not in timings
+        }
+        for d in ("resumed", "straight")
+    )
+    assert resumed == straight
+    assert cli("compare", workdir / "resumed", workdir / "straight", "--exact").exit_code == 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fvis.io
 from fvis.errors import UserError
 from fvis.io import png_bytes, read_image, resolve, to_json, to_pil, write_atomic
 
@@ -55,13 +56,20 @@ def test_an_unreadable_image_is_a_user_error(tmp_path: Path) -> None:
         read_image(path)
 
 
-def test_a_decompression_bomb_is_a_user_error(
+def test_an_image_over_the_limit_is_a_user_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One limit, fvis.io.MAX_IMAGE_PIXELS, whatever Pillow's own is."""
     path = _png(tmp_path / "big.png", torch.rand(3, 20, 20))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses over twice this
-    with pytest.raises(UserError, match=r"big\.png: too large to read safely .*400 pixels"):
+    monkeypatch.setattr(fvis.io, "MAX_IMAGE_PIXELS", 400)
+    assert read_image(path).shape == (3, 20, 20)  # at the limit
+    monkeypatch.setattr(fvis.io, "MAX_IMAGE_PIXELS", 399)
+    with pytest.raises(
+        UserError, match=r"big\.png: an image of 400 pixels, over fvis's limit of 399"
+    ):
         read_image(path)
+    with pytest.raises(UserError, match="over fvis's limit"):
+        read_image(path, data=path.read_bytes())
 
 
 def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -182,3 +182,45 @@ def test_preprocessing_lengths_are_checked(workdir: Path) -> None:
     )
     with pytest.raises(SpecError, match="has 2 values but the model takes 3 channels"):
         build_network(spec, workdir)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "x = 1 / 0\n",
+            "model.factory: importing 'broken' failed: {dir}/broken.py:1: "
+            "ZeroDivisionError: division by zero",
+        ),
+        ("def f(:\n", "model.factory: importing 'broken' failed: {dir}/broken.py:1: SyntaxError"),
+        (
+            "import not_installed_dep\n",
+            "model.factory: cannot import 'broken': it imports "
+            "'not_installed_dep', which is not installed",
+        ),
+        (
+            "def f():\n    raise ValueError('no weights')\n",
+            "model.factory: broken:f failed: {dir}/broken.py:2: ValueError: no weights",
+        ),
+    ],
+)
+def test_a_failing_factory_module_is_one_line_at_its_place(
+    workdir: Path, source: str, message: str
+) -> None:
+    (workdir / "broken.py").write_text(source)
+    sys.modules.pop("broken", None)
+    spec = FactoryModelSpec(source="factory", factory="broken:f")
+    with pytest.raises(SpecError) as info:
+        build_network(spec, workdir)
+    located = ".".join(map(str, info.value.loc)) + ": " + info.value.message
+    assert located.startswith(message.format(dir=workdir.resolve()))  # SyntaxError's text varies
+
+
+def test_a_missing_factory_module_says_where_fvis_looked(workdir: Path) -> None:
+    spec = FactoryModelSpec(source="factory", factory="nowhere_module:f")
+    with pytest.raises(SpecError) as info:
+        build_network(spec, workdir)
+    assert info.value.message == (
+        f"cannot import 'nowhere_module': no module 'nowhere_module' in the config's folder "
+        f"({workdir.resolve()}) or on the Python path (installed packages, PYTHONPATH)"
+    )

@@ -283,3 +283,77 @@ def test_class_logit_gradient_reaches_the_image() -> None:
     logits = torch.nn.Linear(48, 5)(image.flatten(1))
     act.ClassLogit("z", (3,))(acts(z=logits)).sum().backward()
     assert image.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- several channels
+
+
+def test_several_channels_sum_their_means() -> None:
+    """keras-vis's filter_indices: the sum over the listed channels of each one's mean."""
+    assert value(act.Channel("a", (0, 1)), a=A) == [2.5 + 8.5, 14.5 + 20.5]
+    assert value(act.Channel("a", [1, 1]), a=A) == [17.0, 41.0]  # listed twice, counted twice
+    one = act.Channel("a", [1])
+    assert (one.channel, one.name, value(one, a=A)) == (1, "channel(a, 1)", [8.5, 20.5])
+
+
+def test_several_channels_of_a_neuron_sum_at_its_position() -> None:
+    assert value(act.Neuron("a", (0, 1)), a=A) == [4.0 + 10.0, 16.0 + 22.0]
+
+
+def test_each_listed_channel_is_checked_and_named() -> None:
+    act.Channel("a", (0, 1)).check({"a": (1, 2, 2, 3)})
+    with pytest.raises(TermError, match="channel 7 is out of range: the layer has 2") as info:
+        act.Channel("a", (1, 7)).check({"a": (1, 2, 2, 3)})
+    assert info.value.loc == ("channel", 1)
+    with pytest.raises(TermError) as info:
+        act.Neuron("a", 7).check({"a": (1, 2, 2, 3)})
+    assert info.value.loc == ("channel",)
+
+
+# ----------------------------------------------------------------------------- labels
+
+VEC = torch.tensor([1.0, 1.0])
+
+
+def test_labels_show_the_parameters_that_tell_terms_apart() -> None:
+    """Each leaf's name (its label in run.json) shows its parameters where they differ from the
+    defaults: two terms differing in any parameter never share a label (issue 15)."""
+    labels = {
+        act.L1("image"): "l1(image)",
+        act.L1("image", 0.5): "l1(image, 0.5)",
+        act.L2("image", 1e-7): "l2(image, 1e-07)",
+        act.L2Mean("image", 0.1234567): "l2_mean(image, 0.1234567)",
+        act.Channel("a", (5, 12)): "channel(a, [5, 12])",
+        act.Neuron("a", 1, y=2): "neuron(a, 1, y=2)",
+        act.ClassLogit("output", (1,)): "class_logit(output, 1)",
+        act.ClassLogit("output", (1, 2)): "class_logit(output, [1, 2])",
+        dirn.Direction("p", VEC, None): "direction(p, vector#e242)",
+        dirn.Direction("p", -VEC, None): "direction(p, vector#e3a3)",
+        dirn.Direction("p", VEC, None, cossim_pow=1): "direction(p, vector#e242, cossim_pow=1)",
+        dirn.Direction(
+            "p", VEC, torch.eye(2)
+        ): "direction(p, vector#e242, transform=transform#acc3)",
+        dirn.Direction("p", VEC, None, sources={"vector": "random(3)"}): "direction(p, random(3))",
+        dirn.DotCossim("p", VEC, None): "dot_cossim(p, vector#e242)",
+        dirn.DotCossim("p", VEC, None, cossim_pow=2): "dot_cossim(p, vector#e242, cossim_pow=2)",
+        dirn.AngledNeuronDirection("p", VEC, None): "angled_neuron_direction(p, vector#e242)",
+        dirn.NeuronDirection("p", VEC, None, x=1): "neuron_direction(p, vector#e242, x=1)",
+        dirn.VectorLoss("p", VEC, None, relu=False): "vector(p, vector#e242, relu=False)",
+        dirn.DotOrthogonal("p", VEC, None, penalty=2): "dot_orthogonal_penalty(p, vector#e242, "
+        "penalty=2)",
+        dirn.TensorDirection("p", torch.ones(2, 1, 1)): "tensor_direction(p, tensor#160b)",
+        dirn.ActivationWeights("p", VEC): "activation_weights(p, weights#e242)",
+        dirn.Facet("p", "u", VEC, VEC, strength=0.5): "facet(p, u, vector#e242, weights#e242, "
+        "strength=0.5)",
+        dirn.L2Inversion("p", VEC): "l2_inversion(p, target#e242)",
+        bat.Alignment("p"): "alignment(p)",
+        bat.Alignment("p", 3.0, 2): "alignment(p, decay=3, distance=2)",
+    }
+    assert {leaf: leaf.name for leaf in labels} == labels
+
+
+def test_a_vector_label_is_its_values_digest_on_any_device_and_dtype() -> None:
+    """The same numbers give the same label in every run, whatever the tensor's dtype."""
+    assert dirn.Direction("p", VEC.double(), None).name == "direction(p, vector#e242)"
+    moved = dirn.Direction("p", VEC, None).to(torch.device("cpu"), torch.float64)
+    assert moved.name == "direction(p, vector#e242)"

@@ -89,7 +89,7 @@ def test_token_layers_and_tuple_outputs(write_config, cli, workdir: Path) -> Non
     terms = json.loads((workdir / "outputs/cfg/run.json").read_text())["final"]["terms"]
     assert set(terms) == {
         "channel(block[0], 4)",
-        "neuron(block[0], 2, x=1, y=None)",
+        "neuron(block[0], 2, x=1)",
         "layer(block[1][attn])",
     }
 
@@ -152,3 +152,65 @@ def test_every_objective_has_an_example_in_the_docs() -> None:
         assert path.read_text() in docs, f"{path.name} is not shown verbatim in {DOCS.name}"
     kinds = {path.stem for path in EXAMPLES.glob("*.yaml")}
     assert set(objective_kinds()) <= kinds, set(objective_kinds()) - kinds
+
+
+def _terms(workdir: Path, name: str = "cfg") -> dict:
+    return json.loads((workdir / f"outputs/{name}/run.json").read_text())["final"]["terms"]
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"kind": "channel", "layer": "conv2", "channel": [5, 12]},
+        "channel(conv2, [5, 12])",
+    ],
+    ids=["yaml", "expression"],
+)
+def test_several_channels_in_one_objective(write_config, cli, workdir, objective) -> None:
+    """`channel: [5, 12]` (keras-vis's filter_indices): one term, the sum of the two means."""
+    result = cli("render", write_config(tiny_config(objective=objective, optim={"steps": 2})))
+    assert result.exit_code == 0, result.output
+    assert list(_terms(workdir)) == ["channel(2, [5, 12])"]
+
+
+def test_each_listed_channel_is_range_checked_at_its_line(write_config, cli) -> None:
+    config = (
+        "model: {source: zoo, name: shapes}\n"
+        "objective:\n  kind: channel\n  layer: conv3\n  channel:\n    - 5\n    - 99\n"
+    )
+    path = write_config(config)
+    result = cli("validate", path, "--deep")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"{path}:7: objective.channel[1]: layer 'conv3': channel 99 is out of range: the layer "
+        "has 64 channels (0..63)"
+    )
+
+
+def test_random_in_an_expression_renders_as_in_yaml(write_config, cli, workdir) -> None:
+    """`{random: 3}` in an expression: the same term, and the same label, as in the YAML."""
+    by_string = tiny_config(objective="direction(conv2, {random: 3})", optim={"steps": 2})
+    assert cli("render", write_config(by_string, "expr.yaml")).exit_code == 0
+    by_yaml = _direction({"random": 3})
+    assert cli("render", write_config(by_yaml, "tree.yaml")).exit_code == 0
+    assert _terms(workdir, "expr") == _terms(workdir, "tree")
+    assert list(_terms(workdir, "expr")) == ["direction(2, random(3))"]
+
+
+def test_terms_differing_in_a_parameter_have_their_own_labels(write_config, cli, workdir):
+    """No `#2`: each label shows the parameter that tells the terms apart (issue 15)."""
+    objective = (
+        "channel(conv2, 1) - 1e-4 * l1(image) - 1e-4 * l1(image, 0.5)"
+        " + 0.1 * direction(conv2, [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])"
+        " + 0.1 * direction(conv2, [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])"
+        " + 0.1 * direction(conv2, file('v.npy')) + 0.1 * direction(conv2, random(2))"
+    )
+    np.save(workdir / "v.npy", np.ones(16, dtype=np.float32))
+    result = cli("render", write_config(tiny_config(objective=objective, optim={"steps": 2})))
+    assert result.exit_code == 0, result.output
+    labels = list(_terms(workdir))
+    assert labels[:3] == ["channel(2, 1)", "l1(image)", "l1(image, 0.5)"]
+    assert labels[5:] == ["direction(2, file('v.npy'))", "direction(2, random(2))"]
+    assert labels[3] != labels[4]
+    assert all(label.startswith("direction(2, vector#") for label in labels[3:5])
+    assert not any(" #" in label for label in labels)  # render.py's " #2" for a repeat

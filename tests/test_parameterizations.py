@@ -14,9 +14,18 @@ from PIL import Image
 from conftest import tiny_config
 from fvis import filters
 from fvis.build import build_plan, streams_for
-from fvis.config import BilateralTransform, BlurTransform, OptimSpec, PixelParam, load_config
+from fvis.config import (
+    BilateralTransform,
+    BlurTransform,
+    Config,
+    OptimSpec,
+    PixelParam,
+    load_config,
+)
+from fvis.hooks import IMAGE
 from fvis.io import to_pil
-from fvis.params import add_gradient_hooks, build_param
+from fvis.objectives.algebra import Activations
+from fvis.params import build_param
 from fvis.render import render
 from fvis.transforms import Blur, Pipeline, build_transforms
 from fvis.zoo.quality import high_frequency_share
@@ -134,21 +143,30 @@ def test_gradient_blur_and_pyramid_normalization_precondition_the_step() -> None
     assert coarse_over_fine(raw) < 0.2 and 0.5 < coarse_over_fine(normalized) < 2
 
 
-def test_alpha_penalty_pushes_opacity_down() -> None:
-    param = build_param(
-        PixelParam(kind="pixel", alpha=True, alpha_penalty=2.0),
-        (8, 8),
-        3,
-        None,
-        streams_for(0, [0]),
+def test_alpha_penalty_is_a_term_whose_gradient_pushes_opacity_down(workdir) -> None:
+    """`alpha_penalty * mean(alpha)` comes off the objective as a term: d(-score)/d(alpha) is
+    penalty / (H * W) at every pixel, nothing on the colours, and it scales with the loss."""
+    config = Config.model_validate(
+        tiny_config(
+            objective={"kind": "l1", "layer": "image", "weight": 0.0},
+            param={"kind": "pixel", "size": 8, "alpha": True, "alpha_penalty": 2.0},
+        )
     )
-    image = param()
-    grads: list[torch.Tensor] = []
-    image.register_hook(lambda g: grads.append(g))
-    (0 * image).sum().backward()
-    assert torch.allclose(grads[0][:, 3], torch.full((1, 8, 8), 2.0 / 64))
-    assert grads[0][:, :3].abs().sum() == 0
-    add_gradient_hooks(param, PixelParam(kind="pixel"), None)  # nothing more to add
+    plan = build_plan(config, workdir)
+    image = plan.param().detach().requires_grad_()
+    assert [leaf.name for leaf in plan.objective.leaves()] == ["l1(image)", "opacity(image)"]
+    for scale in (1.0, 1024.0):  # fp16's loss scale multiplies this term like any other
+        score = plan.objective(Activations({IMAGE: image}))
+        (grad,) = torch.autograd.grad(-score.sum() * scale, image)
+        assert torch.allclose(grad[:, 3], torch.full((1, 8, 8), scale * 2.0 / 64))
+        assert grad[:, :3].abs().sum() == 0
+
+
+def test_opacity_is_reported_in_run_json(cli, write_config) -> None:
+    config = tiny_config(param={"size": 24, "alpha": True, "alpha_penalty": 0.5})
+    run = json.loads((_run(cli, write_config, config) / "run.json").read_text())
+    initial, final = run["initial"]["terms"], run["final"]["terms"]
+    assert 0 < final["opacity(image)"][0] < initial["opacity(image)"][0] <= 1
 
 
 # ----------------------------------------------------------------------------- runs, files

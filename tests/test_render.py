@@ -84,7 +84,9 @@ def test_existing_run_folder_needs_force(cli, write_config, workdir) -> None:
     assert _render(cli, write_config, config).exit_code == 0
     again = _render(cli, write_config, config)
     assert again.exit_code == 2
-    assert "run folder exists; pass --force" in again.stderr
+    assert again.stderr == (
+        "outputs/cfg: run folder exists; pass --force to overwrite it or --out DIR\n"
+    )
     assert _render(cli, write_config, config, "--force").exit_code == 0
 
 
@@ -138,7 +140,7 @@ def test_branching_model_and_batch_selection(cli, write_config, workdir) -> None
     assert abs(final["objective"][1] - 2 * neuron[1]) < 1e-5
 
 
-def test_a_full_disk_is_a_one_line_error_with_nothing_half_written(
+def test_a_full_disk_is_a_failed_run_with_nothing_half_written(
     cli, write_config, workdir, monkeypatch
 ) -> None:
     import errno
@@ -151,9 +153,12 @@ def test_a_full_disk_is_a_one_line_error_with_nothing_half_written(
 
     monkeypatch.setattr(io.os, "replace", full)
     result = _render(cli, write_config, tiny_config(optim={"steps": 2}))
-    assert result.exit_code == 2
-    assert result.stderr.strip().endswith("cannot write (No space left on device)")
-    assert not list((workdir / "outputs/cfg").glob(".*"))  # no temporary file left behind
+    assert result.exit_code == 1  # the run started, and failed
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cfg: outputs/cfg/grid.png: cannot write (No space left on device) at step 1; "
+        "nothing was kept"
+    )
+    assert not (workdir / "outputs").exists()  # no temporary, no lock file, no empty folder
 
 
 def test_precision_off_cuda_warns_and_channels_last_changes_nothing(

@@ -7,23 +7,83 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import tiny_config
-from fvis.build import build_plan
+from fvis import budget, sweep
+from fvis.build import build_plan, memory_need
 from fvis.errors import UserError
 from fvis.render import Renderer
-from fvis.sweep import expand, groups, parse_over
+from fvis.runs import locked
+from fvis.sweep import MAX_ITEMS, SweepFailed, expand, groups, parse_over, run_sweep
+from fvis.writers import contact_sheet
 
 
 def test_parse_over() -> None:
-    assert parse_over("objective.channel=0:4") == ("objective.channel", [0, 1, 2, 3])
-    assert parse_over("a.b=10:0:-5") == ("a.b", [10, 5])
+    assert parse_over("objective.channel=0:4") == ("objective.channel", range(4))
+    assert list(parse_over("a.b=10:0:-5")[1]) == [10, 5]
     assert parse_over("param.decay=0.5,1,1.5") == ("param.decay", [0.5, 1, 1.5])
     assert parse_over("param.kind=fft") == ("param.kind", ["fft"])
     with pytest.raises(UserError, match="expected path=values"):
         parse_over("objective.channel")
-    with pytest.raises(UserError, match="no values"):
-        parse_over("x=3:3")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("objective.channel=0:4:0", "objective.channel=0:4:0: STEP must not be 0"),
+        (
+            "x=3:3",
+            "x=3:3: the range is empty: STOP must be above START with a STEP of 1 (e.g. 3:7:1)",
+        ),
+        (
+            "x=0:4:-1",
+            "x=0:4:-1: the range is empty: STOP must be below START with a STEP of -1 "
+            "(e.g. 0:-4:-1)",
+        ),
+        ("x=0:" + "9" * 5000, "x: START:STOP:STEP must be integers of at most 18 digits"),
+        ("x=" + "9" * 5000, "x=" + "9" * 55 + "...: values must be YAML"),
+        ("x=" + "[" * 20000, "x=" + "[" * 55 + "...: values must be YAML"),
+    ],
+    ids=["step-0", "empty", "empty-descending", "digits", "yaml-digits", "yaml-depth"],
+)
+def test_bad_ranges_are_refused_in_one_line(spec: str, message: str) -> None:
+    with pytest.raises(UserError) as caught:
+        parse_over(spec)
+    assert str(caught.value) == f"--over {message}"
+
+
+def test_ranges_stay_lazy_and_absurd_sizes_are_refused(write_config) -> None:
+    path = write_config(tiny_config())
+    assert len(parse_over("objective.channel=0:100000000")[1]) == 100_000_000  # not built
+    with pytest.raises(UserError) as caught:
+        expand(path, [], ["objective.channel=0:100000000"])
+    assert str(caught.value) == (
+        f"--over objective.channel=0:100000000: 100000000 items, more than the {MAX_ITEMS} a "
+        "sweep holds: sweep fewer values, or split them into several sweeps"
+    )
+    with pytest.raises(UserError, match=r"0:100 --over seed=0:1000: 100 x 1000 = 100000 items"):
+        expand(path, [], ["objective.channel=0:100", "seed=0:1000"])
+    assert len(expand(path, [], ["objective.channel=0:2", "seed=0:3"])) == 6
+
+
+def test_the_sheet_of_the_largest_sweep_can_be_read_back(workdir: Path) -> None:
+    """MAX_ITEMS is set by sheet.png: 8 items a row, within budget.MAX_GRID_PIXELS."""
+    files = []
+    for n in range(16):
+        files.append(workdir / f"{n}.png")
+        Image.new("RGB", (24, 24)).save(files[-1])
+    width, two_rows = contact_sheet(files, ["x"] * 16).size
+    assert width * two_rows // 2 * -(-MAX_ITEMS // 8) <= budget.MAX_GRID_PIXELS
+
+
+def test_a_bad_item_is_reported_against_its_own_override(cli, write_config) -> None:
+    path = write_config(tiny_config())
+    result = cli("sweep", path, "--over", "objective.channel=14:18", "--batch", "4", "--quiet")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"{path}: --set objective.channel=16: objective.channel: ")
+    assert "channel 16 is out of range" in line
 
 
 def test_items_group_by_everything_but_objective_and_seed(write_config) -> None:
@@ -70,6 +130,27 @@ def test_sweep_writes_items_sheet_index_and_resumes(cli, write_config, workdir: 
     assert second.stdout.strip() == str(Path("sw/sheet.png"))
 
 
+def test_a_sweep_folder_another_command_holds_is_refused_and_left_alone(
+    cli, write_config, workdir: Path
+) -> None:
+    path = write_config(tiny_config(optim={"steps": 2}))
+    folder = workdir / "sw"
+    with locked(folder):
+        result = cli("sweep", path, "--over", "objective.channel=0:2", "--out", "sw")
+        assert result.exit_code == 2
+        assert result.stderr.startswith("sw: in use by another fvis command (pid ")
+        assert sorted(p.name for p in folder.iterdir()) == [".fvis.lock"]
+
+
+def test_a_sweep_names_the_user_code_it_runs(cli, write_config) -> None:
+    path = write_config(tiny_config(optim={"steps": 2}))
+    result = cli("sweep", path, "--over", "objective.channel=0:1", "--out", "sw", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"{path}:4: model.factory: note: runs your code (tinynets:convnet); use only code you trust"
+    ]
+
+
 def test_cross_batch_objectives_are_refused(cli, write_config) -> None:
     path = write_config(tiny_config(objective="channel(conv2, 1) + diversity(conv2)"))
     result = cli("sweep", path, "--over", "seed=0:2")
@@ -98,12 +179,86 @@ def test_one_step_needs_memory_in_proportion_to_the_batch(write_config) -> None:
 
 
 def test_the_default_batch_fills_half_the_free_memory(write_config, monkeypatch) -> None:
-    from fvis import sweep
-
     path = write_config(tiny_config(param={"size": 32}))
     (item,) = expand(path, [], ["objective.channel=1"])
-    need = 2 * Renderer(build_plan(item.config, path.parent, [item])).step_bytes()
+    need = memory_need(item.config, path.parent, [item])
+    assert need is not None
+    ((_, one, _),) = budget.pools(need, torch.device("cpu"))
     cap = sweep.MAX_BATCH["cpu"]
-    for free, batch in [(3 * need / sweep.MEMORY_SHARE, 3), (0, 1), (10**15, cap), (None, cap)]:
-        monkeypatch.setattr(sweep, "free_memory", lambda device, free=free: free)
+    for free, batch in [(3 * one / sweep.MEMORY_SHARE, 3), (0, 1), (10**15, cap), (None, cap)]:
+        monkeypatch.setattr(budget, "free_memory", lambda device, free=free: free)
         assert sweep.default_batch(item, path.parent) == batch
+
+
+def test_a_sweep_batch_over_the_available_memory_is_refused(cli, write_config, monkeypatch):
+    path = write_config(tiny_config(param={"size": 32}))
+    (item,) = expand(path, [], ["objective.channel=1"])
+    need = memory_need(item.config, path.parent, [item])
+    assert need is not None
+    ((_, one, _),) = budget.pools(need, torch.device("cpu"))
+    # room for 3 items: --batch 3 renders, --batch 4 is refused before anything is allocated
+    monkeypatch.setattr(budget, "free_memory", lambda device: 3 * one)
+    over = ["--over", "objective.channel=0:4", "--quiet"]
+    assert cli("sweep", path, *over, "--batch", "3", "--out", "ok").exit_code == 0
+    result = cli("sweep", path, *over, "--batch", "4", "--out", "big")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert (
+        line.startswith(f"{path}:")
+        and "param.size: a sweep batch of 4 items at 32x32 needs about" in line
+    )
+    assert line.endswith("are available: lower --batch or param.size")
+    assert not list((Path("big")).glob("*.png"))
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits(write_config, workdir, monkeypatch):
+    """An out-of-memory error in the loop (here injected above 2 items) splits the batch."""
+    step = Renderer._step
+    batches = []
+
+    def step_or_oom(self, *args, **kwargs):
+        batches.append(self.batch)
+        if self.batch > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Renderer, "_step", step_or_oom)
+    path = write_config(tiny_config(optim={"steps": 2}))
+    folder, index = run_sweep(path, [], ["objective.channel=0:5"], workdir / "sw", 5)
+    assert sorted(index) == [f"objective.channel={c}" for c in range(5)]
+    assert all((folder / item["file"]).is_file() for item in index.values())
+    assert sorted(set(batches)) == [1, 2, 3, 5]  # 5 -> 2 + 3 -> 2 + 1 + 2
+
+
+def test_out_of_memory_with_one_item_fails_the_sweep(write_config, workdir, monkeypatch):
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(Renderer, "_step", oom)
+    path = write_config(tiny_config(optim={"steps": 2}))
+    with pytest.raises(SweepFailed) as caught:
+        run_sweep(path, [], ["objective.channel=0:2"], workdir / "sw", 2)
+    assert caught.value.exit_code == 1  # the run started: exit 1, as a failed render
+    assert str(caught.value) == (
+        f"{path}: objective.channel=0: out of CPU memory with one item per optimization: lower "
+        "param.size"
+    )
+
+
+def test_a_sweep_item_is_the_render_of_its_override(cli, write_config, workdir: Path) -> None:
+    """`fvis render --set objective.channel=1` and the sweep's item objective.channel=1 make
+    the same image (a sweep item's random stream is the render's image 0's): byte for byte
+    when the item is optimized alone (in a batch, up to float rounding: see the test above)."""
+    path = write_config(tiny_config(optim={"steps": 6}))
+    render = cli("render", path, "--set", "objective.channel=1", "--out", "r", "--quiet")
+    assert render.exit_code == 0, render.output
+    over = ["--over", "objective.channel=0:3", "--batch", "1"]
+    sweep_run = cli("sweep", path, *over, "--out", "sw", "--quiet")
+    assert sweep_run.exit_code == 0, sweep_run.output
+    image = (workdir / "r/image_0.png").read_bytes()
+    assert (workdir / "sw/objective.channel=1.png").read_bytes() == image
+    run = json.loads((workdir / "r/run.json").read_text())
+    index = json.loads((workdir / "sw/sweep.json").read_text())["items"]
+    assert index["objective.channel=1"]["objective"] == pytest.approx(
+        run["final"]["objective"][0], abs=1e-6
+    )

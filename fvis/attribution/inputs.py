@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +60,13 @@ class Loader:
         )
 
     def image(self, path: Path, loc: YamlPath) -> torch.Tensor:
-        """One image file as [1, C, H, W] in [0, 1], fitted to the run's size."""
-        full = resolve(self.base, path)
-        if not full.is_file():
+        """One image file named in the config (relative to its folder) as [1, C, H, W] in
+        [0, 1], fitted to the run's size."""
+        return self._read(resolve(self.base, path), loc)
+
+    def _read(self, full: Path, loc: YamlPath) -> torch.Tensor:
+        """An image file at a path already resolved (not joined to the config's folder again)."""
+        if not looked_up(full, Path.is_file, loc):
             raise SpecError(loc, f"no such file: {full}")
         return fit_size(read_file(full, self.channels, loc), self.size, self.fit)
 
@@ -72,14 +76,16 @@ class Loader:
         if isinstance(source, ZooClassInput):
             return self._zoo_class(source, loc)
         files = self._files(source, loc)
-        tensor = torch.cat([self.image(path, (*loc, "path")) for path in files])
+        tensor = torch.cat([self._read(path, (*loc, "path")) for path in files])
         prefix = source.path.name if isinstance(source, RunInput) else ""
         names = [f"{prefix}/{p.stem}" if prefix else p.stem for p in files]
         return Images(tensor, names, [None] * len(files))
 
     def _files(self, source: FolderInput | RunInput, loc: YamlPath) -> list[Path]:
+        """The image files of a folder or run source, as paths resolved against the config's
+        folder."""
         folder = resolve(self.base, source.path)
-        if not folder.is_dir():
+        if not looked_up(folder, Path.is_dir, (*loc, "path")):
             raise SpecError((*loc, "path"), f"no such folder: {folder}")
         if isinstance(source, RunInput):
             indexed = {_run_index(p.name): p for p in folder.iterdir()}
@@ -89,7 +95,12 @@ class Loader:
                     (*loc, "path"), f"{folder}: not an fvis run folder (no image_<i>.png files)"
                 )
             return files
-        files = sorted(p for p in folder.glob(source.pattern) if p.is_file())
+        try:
+            files = sorted(p for p in folder.glob(source.pattern) if p.is_file())
+        except (NotImplementedError, ValueError) as exc:  # an absolute or malformed pattern
+            raise SpecError(
+                (*loc, "pattern"), f"{source.pattern!r}: not a pattern ({exc})"
+            ) from None
         if not files:
             raise SpecError((*loc, "pattern"), f"no file in {folder} matches {source.pattern!r}")
         return files[: source.limit]
@@ -127,6 +138,15 @@ def _run_index(name: str) -> int:
     """i for a file named image_<i>.png, -1 for any other file."""
     match = RUN_IMAGE.match(name)
     return int(match[1]) if match else -1
+
+
+def looked_up(path: Path, test: Callable[[Path], bool], loc: YamlPath) -> bool:
+    """`test(path)` (is_file, is_dir), with a path the system cannot look up (too long, ...)
+    a SpecError at `loc` rather than an OSError."""
+    try:
+        return test(path)
+    except OSError as exc:
+        raise SpecError(loc, f"{path}: cannot look it up ({exc.strerror})") from None
 
 
 def read_file(path: Path, channels: int, loc: YamlPath) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fvis.attribution.inputs import read_file
+from fvis.attribution.inputs import looked_up, read_file
 from fvis.config.attribution import GridMask, ImageMask, Mask
 from fvis.errors import SpecError, YamlPath
 from fvis.io import resolve
@@ -37,7 +37,7 @@ def grid_mask(cell: int, size: tuple[int, int]) -> torch.Tensor:
 def image_mask(path: Path, size: tuple[int, int], loc: YamlPath) -> torch.Tensor:
     """Every distinct colour of a mask image is one feature; resized with nearest sampling."""
     where = (*loc, "path")
-    if not path.is_file():
+    if not looked_up(path, Path.is_file, where):
         raise SpecError(where, f"no such file: {path}")
     image = read_file(path, 3, where)
     image = F.interpolate(image, size=size, mode="nearest")

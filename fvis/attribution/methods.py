@@ -23,6 +23,7 @@ from captum.attr import LayerAttribution, NoiseTunnel
 from torch import nn
 
 from fvis.attribution.baselines import References
+from fvis.attribution.limebase import segment_lime
 from fvis.attribution.masks import feature_mask
 from fvis.attribution.surrogate import linear_surrogate
 from fvis.config.attribution import Mask, MethodNode, NeuronSpec, method_name
@@ -31,6 +32,10 @@ from fvis.errors import SpecError, YamlPath
 from fvis.hooks import IMAGE, OUTPUT, Capture, describe_shape, resolve_layer
 from fvis.models import Network
 
+# Captum classes whose constructor takes more than the model (and layer): built from the node.
+CONSTRUCTORS: dict[str, Callable[[Network, Any, Path, YamlPath], Any]] = {
+    "LimeBase": segment_lime,
+}
 # Deep-Lift-Shap-style methods average over baseline pairs and need two or more references.
 LEAST_REFERENCES = {"DeepLiftShap": 2, "LayerDeepLiftShap": 2, "NeuronDeepLiftShap": 2}
 
@@ -131,10 +136,14 @@ def prepare(spec: MethodNode, index: int, ctx: Context) -> Prepared:
     if "layer" in info.params:
         layer = _layer_path(spec.layer, network, (*loc, "layer"))  # type: ignore[attr-defined]
         layer_module = network.model.get_submodule(layer)
-    cls = getattr(captum.attr, info.captum)
-    attributor = cls(network) if layer_module is None else cls(network, layer_module)
-    if hasattr(attributor, "interpretable_model"):  # Lime, KernelShap: fit without sklearn
-        attributor.interpretable_model = linear_surrogate()
+    build = CONSTRUCTORS.get(info.captum)
+    if build is not None:
+        attributor = build(network, spec, ctx.base, loc)
+    else:
+        cls = getattr(captum.attr, info.captum)
+        attributor = cls(network) if layer_module is None else cls(network, layer_module)
+        if hasattr(attributor, "interpretable_model"):  # Lime, KernelShap: fit without sklearn
+            attributor.interpretable_model = linear_surrogate()
     if info.across_inputs and len(ctx.inputs) < 2:
         raise SpecError(
             (*loc, "kind"),
@@ -163,7 +172,7 @@ def _plain(prepared: Prepared, param: str, ctx: Context) -> None:
 
 
 def _nothing(prepared: Prepared, param: str, ctx: Context) -> None:
-    """Handled elsewhere (the layer goes to the constructor)."""
+    """Handled elsewhere (the layer, and LimeBase's options, go to the constructor)."""
 
 
 def _baseline(prepared: Prepared, param: str, ctx: Context) -> None:
@@ -226,6 +235,9 @@ def _ablate(prepared: Prepared, param: str, ctx: Context) -> None:
 
 _ARGUMENTS: dict[str, Callable[[Prepared, str, Context], None]] = {
     "layer": _nothing,
+    "space": _nothing,
+    "kernel": _nothing,
+    "ridge": _nothing,
     "baseline": _baseline,
     "distribution": _distribution,
     "mask": _mask,

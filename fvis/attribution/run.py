@@ -9,7 +9,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,21 @@ class MethodResult:
 
 
 @dataclass
+class MethodFailure:
+    """A method Captum (or a function it called) refused: its one-line reason, at its line."""
+
+    prepared: Prepared
+    error: SpecError
+
+
+@dataclass
 class Outcome:
-    """A finished run."""
+    """A finished run: the methods that worked, and those that failed (the run goes on)."""
 
     plan: Plan
     results: list[MethodResult]
     seconds: float
+    failures: list[MethodFailure] = field(default_factory=list)
 
 
 def build(config: AttributionConfig, base: Path) -> Plan:
@@ -105,36 +114,49 @@ def build(config: AttributionConfig, base: Path) -> Plan:
 
 
 def run(plan: Plan, report: Callable[[str], None] | None = None) -> Outcome:
-    """Every method on every input, then its metrics; `report` gets one line per method."""
+    """Every method on every input, then its metrics; `report` gets one line per method that
+    worked. A method that fails is recorded with its reason and the others still run."""
     config, inputs = plan.config, plan.images.tensor
     start = time.perf_counter()
-    results = []
+    outcome = Outcome(plan, [], 0.0)
     for prepared in plan.methods:
-        with captum_failures(prepared):
-            reseed(config.seed)  # sampling methods draw the same numbers in any order
-            output = prepared.run(inputs, config.batch, plan.device)
-            scores = None
-            if config.metrics is not None and prepared.spec.metrics:
-                reseed(config.seed)
-                scores = score(
-                    prepared,
-                    output.raw,
-                    inputs,
-                    config.metrics,
-                    plan.network,
-                    config.batch,
-                    plan.device,
-                )
-        scale = None if output.map is None else scale_of(output.map, prepared.spec.display)
-        results.append(MethodResult(prepared, output, scale, scores))
+        try:
+            with captum_failures(prepared):
+                result = _run_method(plan, prepared, config, inputs)
+        except SpecError as exc:
+            outcome.failures.append(MethodFailure(prepared, exc))
+            continue
+        outcome.results.append(result)
         if report:
+            scores = result.scores
             extra = sum(scores.seconds.values()) if scores else 0.0
-            report(f"{prepared.name}: {output.seconds:.2f}s (+{extra:.2f}s metrics)")
-    return Outcome(plan, results, time.perf_counter() - start)
+            report(f"{prepared.name}: {result.output.seconds:.2f}s (+{extra:.2f}s metrics)")
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _run_method(
+    plan: Plan, prepared: Prepared, config: AttributionConfig, inputs: torch.Tensor
+) -> MethodResult:
+    """One method's attributions, colour scale and metrics."""
+    reseed(config.seed)  # sampling methods draw the same numbers in any order
+    output = prepared.run(inputs, config.batch, plan.device)
+    scores = None
+    if config.metrics is not None and prepared.spec.metrics:
+        reseed(config.seed)
+        scores = score(
+            prepared, output.raw, inputs, config.metrics, plan.network, config.batch, plan.device
+        )
+    scale = None if output.map is None else scale_of(output.map, prepared.spec.display)
+    return MethodResult(prepared, output, scale, scores)
 
 
 def write(run_dir: Path, outcome: Outcome) -> list[str]:
-    """grid.png, attributions.safetensors, config.yaml and attribution.json; returns names."""
+    """grid.png, attributions.safetensors, config.yaml and attribution.json; returns names.
+
+    The methods that failed have no column or tensors, and their reasons are recorded in
+    attribution.json (the command then reports each one and exits 1).
+    """
     plan = outcome.plan
     tensors = {"inputs": plan.images.tensor, "targets": plan.targets}
     for result in outcome.results:
@@ -165,11 +187,14 @@ def resolved_config(config: AttributionConfig) -> dict[str, Any]:
 
 @contextmanager
 def captum_failures(prepared: Prepared) -> Iterator[None]:
-    """Captum refusing a model or an argument (e.g. DeepLift on a ReLU module used twice) is
-    reported at the method's line, in one line, rather than as a traceback."""
+    """Captum refusing a model or an argument (e.g. DeepLift on a ReLU module used twice), or
+    anything else failing in a method, becomes one line at the method's YAML path (SpecError)
+    rather than a traceback. Ctrl-C is not caught."""
     try:
         yield
-    except (RuntimeError, AssertionError, ValueError) as exc:
+    except SpecError:
+        raise
+    except Exception as exc:
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
         raise SpecError(
@@ -262,13 +287,8 @@ def _method_metadata(result: MethodResult) -> dict[str, Any]:
     if scores:
         seconds |= {k: round(v, 4) for k, v in scores.seconds.items()}
     return {
-        "name": prepared.name,
-        "kind": prepared.kind,
-        "captum": prepared.info.captum,
-        "family": prepared.info.family,
-        "layer": prepared.layer,
-        "neuron": list(prepared.neuron) if prepared.neuron else None,
-        "noise_tunnel": prepared.spec.noise_tunnel.type if prepared.spec.noise_tunnel else None,
+        **_identity(prepared),
+        "status": "complete",
         "shape": list(output.raw.shape),
         "scale": (
             {"signed": result.scale.signed, "value": float(f"{result.scale.value:.6g}")}
@@ -280,6 +300,30 @@ def _method_metadata(result: MethodResult) -> dict[str, Any]:
         "infidelity": _numbers(scores.infidelity) if scores else None,
         "sensitivity": _numbers(scores.sensitivity) if scores else None,
         "skipped": scores.skipped if scores else {},
+    }
+
+
+def _methods_metadata(outcome: Outcome) -> list[dict[str, Any]]:
+    """Every method of the config, in its order: its results, or why it failed."""
+    done = {id(r.prepared): _method_metadata(r) for r in outcome.results}
+    failed = {id(f.prepared): _failure_metadata(f) for f in outcome.failures}
+    return [done.get(id(p)) or failed[id(p)] for p in outcome.plan.methods]
+
+
+def _failure_metadata(failure: MethodFailure) -> dict[str, Any]:
+    return {**_identity(failure.prepared), "status": "failed", "error": failure.error.message}
+
+
+def _identity(prepared: Prepared) -> dict[str, Any]:
+    """What a method is: name, kind, Captum class, layer, neuron, noise tunnel."""
+    return {
+        "name": prepared.name,
+        "kind": prepared.kind,
+        "captum": prepared.info.captum,
+        "family": prepared.info.family,
+        "layer": prepared.layer,
+        "neuron": list(prepared.neuron) if prepared.neuron else None,
+        "noise_tunnel": prepared.spec.noise_tunnel.type if prepared.spec.noise_tunnel else None,
     }
 
 
@@ -299,9 +343,15 @@ def _metadata(outcome: Outcome, resolved: dict[str, Any], files: list[str]) -> d
                 "predicted_name": _label(int(predicted[i]), plan.classes),
             }
         inputs.append(entry)
+    failed = [f.prepared.name for f in outcome.failures]
     return {
         "name": plan.config.name,
-        "status": "complete",
+        "status": "failed" if failed else "complete",
+        **(
+            {"error": f"{len(failed)} of {len(plan.methods)} methods failed: {', '.join(failed)}"}
+            if failed
+            else {}
+        ),
         "versions": {
             "fvis": fvis.__version__,
             "torch": torch.__version__,
@@ -321,7 +371,7 @@ def _metadata(outcome: Outcome, resolved: dict[str, Any], files: list[str]) -> d
             "signed maps span -s..s, absolute maps 0..s; beyond is clipped",
         },
         "inputs": inputs,
-        "methods": [_method_metadata(r) for r in outcome.results],
+        "methods": _methods_metadata(outcome),
         "wall_seconds": round(outcome.seconds, 4),
         "files": [*files, "attribution.json"],
         "config": resolved,

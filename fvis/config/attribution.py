@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BeforeValidator, Field, create_model, model_validator
 
 from fvis.config.attribution_methods import METHODS, MethodInfo
-from fvis.config.base import LayerName, Node, Shorthand, Size, Tagged, pair
+from fvis.config.base import (
+    EntryPoint,
+    FilePath,
+    LayerName,
+    Node,
+    Shorthand,
+    Size,
+    Tagged,
+    pair,
+)
 from fvis.config.loader import Source, validate_file
 from fvis.config.model import ModelSpec, ZooModelSpec
 from fvis.config.output import OutputSpec
@@ -53,14 +62,14 @@ class FileInput(Node):
     """One image file (PNG, JPEG, ...)."""
 
     kind: Literal["file"] = "file"
-    path: Path = Field(description="Image file; relative paths are from the config's folder.")
+    path: FilePath = Field(description="Image file; relative paths are from the config's folder.")
 
 
 class FolderInput(Node):
     """Every image in a folder whose name matches a pattern, in name order."""
 
     kind: Literal["folder"]
-    path: Path = Field(description="Folder; relative paths are from the config's folder.")
+    path: FilePath = Field(description="Folder; relative paths are from the config's folder.")
     pattern: str = Field(
         "*.png", min_length=1, description="Glob pattern of the file names, e.g. '*.jpg'."
     )
@@ -71,7 +80,7 @@ class RunInput(Node):
     """The images of an earlier `fvis render` run: its image_<i>.png files, in index order."""
 
     kind: Literal["run"]
-    path: Path = Field(description="Run folder; relative paths are from the config's folder.")
+    path: FilePath = Field(description="Run folder; relative paths are from the config's folder.")
 
 
 class ZooClassInput(Node):
@@ -139,7 +148,7 @@ class FileBaseline(Node):
     """One image file, resized like the inputs."""
 
     kind: Literal["file"]
-    path: Path = Field(description="Image file; relative paths are from the config's folder.")
+    path: FilePath = Field(description="Image file; relative paths are from the config's folder.")
 
 
 class SamplesBaseline(Node):
@@ -176,10 +185,98 @@ class ImageMask(Node):
     """A mask image: every distinct colour (or grey level) is one feature."""
 
     kind: Literal["image"]
-    path: Path = Field(description="Mask image; resized to the inputs with nearest sampling.")
+    path: FilePath = Field(description="Mask image; resized to the inputs with nearest sampling.")
 
 
 Mask = Annotated[GridMask | ImageMask, Tagged("kind")]
+
+
+# ----------------------------------------------------------------------------- LimeBase
+
+
+class PresenceSpace(Node):
+    """Lime's space: each segment present (the input's pixels) or absent (the baseline's)."""
+
+    kind: Literal["presence"] = "presence"
+    keep: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Chance that a segment is present in a sample (Lime: 0.5); higher keeps "
+        "samples closer to the input.",
+    )
+
+
+class BlendSpace(Node):
+    """Each segment blended from the baseline (weight 0) to the input (1) by a weight drawn
+    uniformly from [low, high]: the surrogate learns each segment's effect as it fades, not
+    only when it is removed."""
+
+    kind: Literal["blend"]
+    low: float = Field(0.0, ge=0, le=1, description="Smallest weight.")
+    high: float = Field(1.0, ge=0, le=1, description="Largest weight.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BlendSpace:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class CustomSpace(Node):
+    """Your own sampling of the interpretable space (one weight per segment), with Captum's
+    perturb_func signature: f(original_input, **kwargs) -> [1, features]; kwargs hold
+    feature_mask, baselines and num_interp_features."""
+
+    kind: Literal["custom"]
+    sample: EntryPoint = Field(description="'module:function' returning one sample [1, features].")
+    transform: EntryPoint | None = Field(
+        None,
+        description="'module:function' with Captum's from_interp_rep_transform signature, "
+        "f(sample, original_input, **kwargs) -> an input; default: each segment blended from "
+        "the baseline to the input by its weight.",
+    )
+
+
+InterpretableSpace = Annotated[
+    PresenceSpace | BlendSpace | CustomSpace, Tagged("kind", default="presence")
+]
+
+
+class ExponentialKernel(Node):
+    """exp(-d^2 / (2 width^2)) of a distance d between the input and a sample: Lime's kernel."""
+
+    kind: Literal["exponential"] = "exponential"
+    distance: Literal["cosine", "euclidean"] = Field(
+        "cosine", description="Cosine distance (1 - cos) or Euclidean distance."
+    )
+    between: Literal["images", "features"] = Field(
+        "images",
+        description="Measured between the images (Captum's Lime) or between the interpretable "
+        "vectors, the input's being all ones (the LIME paper).",
+    )
+    width: float = Field(
+        1.0, gt=0, le=1e6, description="Kernel width, in the distance's units (Captum: 1)."
+    )
+
+
+class UniformKernel(Node):
+    """Every sample weighs 1: an unweighted least-squares surrogate."""
+
+    kind: Literal["uniform"]
+
+
+class CustomKernel(Node):
+    """Your own similarity, with Captum's similarity_func signature: f(original_input,
+    perturbed_input, perturbed_interpretable_input, **kwargs) -> a weight."""
+
+    kind: Literal["custom"]
+    function: EntryPoint = Field(description="'module:function' returning a sample's weight.")
+
+
+SimilarityKernel = Annotated[
+    ExponentialKernel | UniformKernel | CustomKernel, Tagged("kind", default="exponential")
+]
 
 
 # ----------------------------------------------------------------------------- methods
@@ -292,6 +389,33 @@ PARAM_FIELDS: dict[str, tuple[str, Any, Any]] = {
         "perturbations_per_eval",
         int,
         Field(16, ge=1, le=4096, description="Perturbed copies per forward pass."),
+    ),
+    "space": (
+        "space",
+        InterpretableSpace,
+        Field(
+            default_factory=PresenceSpace,
+            description="The interpretable space: one feature per segment of the mask, and how "
+            "samples of it are drawn and made into images.",
+        ),
+    ),
+    "kernel": (
+        "kernel",
+        SimilarityKernel,
+        Field(
+            default_factory=ExponentialKernel,
+            description="How much each sample weighs in the surrogate's fit.",
+        ),
+    ),
+    "ridge": (
+        "ridge",
+        float,
+        Field(
+            1e-3,
+            ge=0,
+            le=1e6,
+            description="L2 penalty of the linear surrogate (samples weigh about 1 each).",
+        ),
     ),
     "ablate": (
         "ablate",

@@ -12,9 +12,10 @@ from typing import Literal
 Family = Literal["primary", "layer", "neuron"]
 Approach = Literal["gradient", "perturbation"]
 
-# Config parameter -> the Captum `attribute()` argument it becomes. `layer` goes to the
-# constructor instead; `baseline` and `distribution` both fill `baselines` (one reference per
-# input, or a set of references sampled by SHAP-style methods).
+# Config parameter -> the Captum `attribute()` argument it becomes. `layer` (and LimeBase's
+# `space`, `kernel` and `ridge`) go to the constructor instead; `baseline` and `distribution`
+# both fill `baselines` (one reference per input, or a set of references sampled by SHAP-style
+# methods).
 CALL_ARGS: dict[str, str] = {
     "baseline": "baselines",
     "distribution": "baselines",
@@ -176,6 +177,13 @@ METHODS: dict[str, MethodInfo] = {
         "perturbation",
         (*_PERTURB, "n_samples"),
         "a linear surrogate fitted with the Shapley kernel's weights: estimates Shapley values",
+    ),
+    "lime_base": _primary(
+        "LimeBase",
+        "perturbation",
+        (*_PERTURB, "n_samples", "space", "kernel", "ridge"),
+        "Lime with a chosen interpretable space (segments present or absent, or blended toward "
+        "the baseline, or your own sampler), similarity kernel and ridge penalty",
     ),
     # ------------------------------------------------------------------ layer: a layer's units
     "layer_conductance": _layer(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -106,8 +108,33 @@ Size = Annotated[
     Shorthand(pair, "One number n: a square, [n, n]."),
 ]
 Indices = Annotated[
-    list[Annotated[int, Field(ge=0)]], Shorthand(_listify, "One index: a list of one.")
+    list[Annotated[int, Field(ge=0)]],
+    Field(min_length=1),
+    Shorthand(_listify, "One index: a list of one."),
 ]
+
+# The longest path and path component the operating system looks up (Linux's PATH_MAX and
+# NAME_MAX); a longer one fails with ENAMETOOLONG wherever fvis checks that the file exists.
+MAX_PATH_CHARS = 4096
+MAX_NAME_BYTES = 255
+
+
+def _lookable(path: Path) -> Path:
+    """A path no longer than the operating system can look up."""
+    if len(str(path)) > MAX_PATH_CHARS:
+        raise ValueError(
+            f"path of {len(str(path))} characters is too long (at most {MAX_PATH_CHARS})"
+        )
+    for part in path.parts:
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError(
+                f"path component {part[:20]!r}... is too long (at most {MAX_NAME_BYTES} bytes)"
+            )
+    return path
+
+
+# A file named in a config: refused in validation when no file could have that name.
+FilePath = Annotated[Path, AfterValidator(_lookable)]
 
 
 class Node(BaseModel):

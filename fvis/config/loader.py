@@ -17,10 +17,16 @@ from pydantic import (
 
 from fvis.config.render import Config
 from fvis.errors import SpecError, UserError, YamlPath
+from fvis.expression import MAX_DEPTH, MAX_INT_DIGITS
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_CONFIG_NODES = 100_000
+# The longest `--set` item quoted whole in a message; a longer one is cut to this many characters.
+SHOWN_OVERRIDE = 60
 M = TypeVar("M", bound=BaseModel)
+INT_TAG = "tag:yaml.org,2002:int"
+MERGE_TAG = "tag:yaml.org,2002:merge"
+SELF_ALIAS = "a YAML alias inside the list or mapping it names: it nests without end"
 
 # ----------------------------------------------------------------------------- loading
 
@@ -34,8 +40,14 @@ class Source:
     overrides: dict[YamlPath, str] = field(default_factory=dict)
 
     def where(self, loc: YamlPath) -> str:
-        """`file:line: yaml.path` for the nearest located ancestor of loc."""
+        """`file:line: yaml.path` for the nearest located ancestor of loc; a place the file does
+        not hold but a `--set` created (`--set transforms.x=1` made `transforms` a mapping) is
+        that override's."""
         dotted = dotted_path(loc) or "(top level)"
+        if loc and loc not in self.lines:
+            below = [item for place, item in self.overrides.items() if place[: len(loc)] == loc]
+            if below:
+                return f"{self.path}: --set {below[0]}: {dotted}"
         for n in range(len(loc), -1, -1):
             if loc[:n] in self.overrides:
                 return f"{self.path}: --set {self.overrides[loc[:n]]}: {dotted}"
@@ -87,7 +99,7 @@ def validate_file(path: Path, schema: type[M], overrides: Sequence[str] = ()) ->
     for item in overrides:
         loc, value = _parse_override(path, item)
         _apply_override(path, data, loc, value)
-        source.overrides[loc] = item
+        source.overrides[loc] = _shown(item)
     try:
         return schema.model_validate(data), source
     except ValidationError as exc:
@@ -101,7 +113,7 @@ def _default_name(path: Path) -> str:
 
 
 def _read_yaml(path: Path, source: Source) -> dict[str, Any]:
-    """safe_load the file and record the line of every mapping key and sequence item."""
+    """Parse the file (safely) and record the line of every mapping key and sequence item."""
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -110,29 +122,188 @@ def _read_yaml(path: Path, source: Source) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_size(node, {}, set()) > MAX_CONFIG_NODES:
-            raise UserError(
-                f"{path}: expands to more than {MAX_CONFIG_NODES} values (YAML anchors and aliases)"
-            )
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}{line}: invalid YAML: {problem}") from None
+    data, problems = parse_yaml(text, (), source.lines)
+    if problems:
+        raise ConfigError([f"{path}{p.at}: {p.text}" for p in problems])
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}:1: the top level must be a mapping, not {type(data).__name__}")
-    _record_lines(node, (), source.lines)
     return data
+
+
+@dataclass
+class Problem:
+    """Something in a YAML text that fvis refuses before reading it: where, and why."""
+
+    loc: YamlPath
+    line: int | None
+    message: str
+
+    @property
+    def at(self) -> str:
+        """`:line`, or nothing where the whole text is to blame."""
+        return "" if self.line is None else f":{self.line}"
+
+    @property
+    def text(self) -> str:
+        """`yaml.path: message`, the path cut after a few parts (a depth bomb's is thousands
+        long); the message alone at the top level."""
+        if not self.loc:
+            return self.message
+        return f"{dotted_path(self.loc[:8])}{'...' if len(self.loc) > 8 else ''}: {self.message}"
+
+
+def parse_yaml(
+    text: str, prefix: YamlPath = (), lines: dict[YamlPath, int] | None = None
+) -> tuple[Any, list[Problem]]:
+    """The data a YAML text holds, or what is wrong with it, each problem at its line.
+
+    Parsed safely, and checked before anything is built from it: nesting deeper than MAX_DEPTH
+    (PyYAML's composer recurses once per level, so 20,000 `[` would exhaust Python's stack),
+    more than MAX_CONFIG_NODES values once aliases are expanded ("billion laughs"), integers of
+    more than MAX_INT_DIGITS digits (Python refuses to convert 4300) and duplicate keys (PyYAML
+    keeps the last one silently). `prefix` is where the text goes in the config (a `--set`
+    value's path); `lines` receives the line of every key and item."""
+    try:
+        loader = _Loader(text, prefix)  # reading starts here: it refuses control characters
+    except yaml.YAMLError as exc:
+        return None, [_invalid(exc, prefix)]
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        if _expanded_size(node, {}, set()) > MAX_CONFIG_NODES:
+            message = f"expands to more than {MAX_CONFIG_NODES} values (YAML anchors and aliases)"
+            return None, [Problem(prefix, None, message)]
+        problems: list[Problem] = []
+        _walk(node, prefix, {} if lines is None else lines, problems, set())
+        if problems:
+            return None, problems
+        return loader.construct_document(node), []
+    except _Refused as exc:
+        return None, [Problem(exc.loc, exc.line, exc.message)]
+    except yaml.YAMLError as exc:
+        return None, [_invalid(exc, prefix)]
+    finally:
+        loader.dispose()
+
+
+def _invalid(exc: yaml.YAMLError, prefix: YamlPath) -> Problem:
+    """PyYAML's error as one problem, at its line where it has one."""
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return Problem(prefix, line, f"invalid YAML: {problem}")
+
+
+class _Refused(Exception):
+    """A YAML text refused while composing, before the composer recurses any deeper."""
+
+    def __init__(self, loc: YamlPath, line: int, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.line = line
+        self.message = message
+
+
+def _too_deep(how: str = "") -> str:
+    return (
+        f"nested more than {MAX_DEPTH} levels deep{how}: fvis reads at most {MAX_DEPTH} levels "
+        "of lists and mappings"
+    )
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that counts the nesting as it composes and stops at MAX_DEPTH levels,
+    where the composer's recursion is still shallow; aliases count with what they stand for."""
+
+    def __init__(self, text: str, prefix: YamlPath) -> None:
+        super().__init__(text)
+        self.loc: list[str | int] = list(prefix)
+        self.depth = 0
+        # Levels of lists and mappings in each composed collection (aliases expanded).
+        self.heights: dict[int, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """One node, refused when it would nest deeper than MAX_DEPTH."""
+        if parent is not None:
+            part = index.value if isinstance(index, yaml.ScalarNode) else index
+            self.loc.append(part if isinstance(part, str | int) else "?")
+        try:
+            event = self.peek_event()
+            line = event.start_mark.line + 1
+            collection = isinstance(event, yaml.CollectionStartEvent)
+            if collection and self.depth >= MAX_DEPTH:
+                raise _Refused(tuple(self.loc), line, _too_deep())
+            target = self.anchors.get(event.anchor) if isinstance(event, yaml.AliasEvent) else None
+            if isinstance(target, yaml.CollectionNode) and id(target) not in self.heights:
+                raise _Refused(tuple(self.loc), line, SELF_ALIAS)
+            self.depth += collection
+            node = super().compose_node(parent, index)
+            self.depth -= collection
+            if collection:
+                children = (
+                    [part for pair in node.value for part in pair]
+                    if isinstance(node, yaml.MappingNode)
+                    else node.value
+                )
+                height = 1 + max((self.heights.get(id(c), 0) for c in children), default=0)
+                if height + self.depth > MAX_DEPTH:  # only aliases reach this far
+                    message = _too_deep(" once YAML aliases are expanded")
+                    raise _Refused(tuple(self.loc), line, message)
+                self.heights[id(node)] = height
+            return node
+        finally:
+            if parent is not None:
+                self.loc.pop()
+
+
+def _walk(
+    node: yaml.Node,
+    loc: YamlPath,
+    lines: dict[YamlPath, int],
+    problems: list[Problem],
+    seen: set[int],
+) -> None:
+    """Record the line of every key and item, and report duplicate keys and integers too long
+    (once each: a node reached again through an alias was reported the first time)."""
+    lines.setdefault(loc, node.start_mark.line + 1)
+    report = id(node) not in seen
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode) and node.tag == INT_TAG and report:
+        digits = _int_digits(node.value)
+        if digits > MAX_INT_DIGITS:
+            message = f"integer with {digits} digits is too large (at most {MAX_INT_DIGITS})"
+            problems.append(Problem(loc, node.start_mark.line + 1, message))
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            scalar = isinstance(key, yaml.ScalarNode)
+            child = (*loc, key.value if scalar else "?")
+            line = key.start_mark.line + 1
+            lines.setdefault(child, line)
+            if scalar and key.tag != MERGE_TAG and report:
+                if (key.tag, key.value) in first:
+                    where = f"first at line {first[key.tag, key.value]}"
+                    problems.append(Problem(child, line, f"duplicate key ({where})"))
+                first.setdefault((key.tag, key.value), line)
+            _walk(key, child, {}, problems, seen)
+            _walk(value, child, lines, problems, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*loc, i), lines, problems, seen)
+
+
+def _int_digits(text: str) -> int:
+    """The digits of a YAML integer literal (sign, `_`, `0x`, `0o` and `0b` not counted)."""
+    body = text.lstrip("+-").replace("_", "")
+    return len(body[2:] if body[:2].lower() in ("0x", "0o", "0b") else body)
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], stack: set[int]) -> int:
     """How many values a YAML node stands for once every alias is expanded (memoized, so a
-    "billion laughs" file is measured without being expanded)."""
+    "billion laughs" file is measured without being expanded; its depth is already bounded)."""
     key = id(node)
     if key in sizes:
         return sizes[key]
@@ -150,27 +321,24 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], stack: set[int]) -> i
     return size
 
 
-def _record_lines(node: yaml.Node, loc: YamlPath, lines: dict[YamlPath, int]) -> None:
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = (*loc, key.value)
-            lines[child] = key.start_mark.line + 1
-            _record_lines(value, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _record_lines(item, (*loc, i), lines)
+def _shown(item: str) -> str:
+    """A `--set` item as messages quote it: whole, or its start when it is very long."""
+    return item if len(item) <= SHOWN_OVERRIDE else item[:SHOWN_OVERRIDE] + "..."
 
 
 def _parse_override(path: Path, item: str) -> tuple[YamlPath, Any]:
+    """`a.b=value` -> (('a', 'b'), the YAML value), checked as the file's values are."""
+    shown = _shown(item)
     key, sep, raw = item.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"{path}: --set {item}: expected dotted.path=value, e.g. optim.steps=64")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise UserError(f"{path}: --set {item}: the value is not valid YAML") from None
-    loc = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    parts = key.split(".")
+    if not sep or not key or any(not part for part in parts):
+        raise UserError(f"{path}: --set {shown}: expected dotted.path=value, e.g. optim.steps=64")
+    if len(parts) > MAX_DEPTH:
+        raise UserError(f"{path}: --set {shown}: the path has more than {MAX_DEPTH} parts")
+    loc = tuple(int(p) if p.isascii() and p.isdigit() and len(p) < 10 else p for p in parts)
+    value, problems = parse_yaml(raw, loc)
+    if problems:
+        raise UserError(f"{path}: --set {shown}: {problems[0].text}")
     return loc, value
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
 )
 
-from fvis.config.base import EntryPoint, Node, Size, Tagged
+from fvis.config.base import EntryPoint, FilePath, Node, Size, Tagged
 
 
 class InputSpec(Node):
@@ -55,7 +54,9 @@ class CheckpointModelSpec(Node):
     """A local state dict (.pt/.pth loaded with weights_only=True, or .safetensors)."""
 
     source: Literal["checkpoint"]
-    path: Path = Field(description="Checkpoint file; relative paths are from the config's folder.")
+    path: FilePath = Field(
+        description="Checkpoint file; relative paths are from the config's folder."
+    )
     arch: str = Field(
         description="Architecture: a torchvision model name or a 'module:factory' entry point."
     )
@@ -75,7 +76,9 @@ class TorchScriptModelSpec(Node):
     """A TorchScript file (torch.jit.save). Only its output can be hooked."""
 
     source: Literal["torchscript"]
-    path: Path = Field(description="TorchScript file; relative paths are from the config's folder.")
+    path: FilePath = Field(
+        description="TorchScript file; relative paths are from the config's folder."
+    )
     input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
 
 

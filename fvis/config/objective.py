@@ -10,12 +10,11 @@ the `Objective` union, expressions, the compiler, sweeps and `fvis objectives` a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, GetCoreSchemaHandler, Tag
 
-from fvis.config.base import EntryPoint, Indices, LayerName, Node, Shorthand, Tagged
+from fvis.config.base import EntryPoint, FilePath, Indices, LayerName, Node, Shorthand, Tagged
 from fvis.expression import parse_expression
 
 M = TypeVar("M", bound=BaseModel)
@@ -105,23 +104,26 @@ else:
 
 
 class ChannelObjective(ObjectiveNode):
-    """Mean activation of one channel over all positions."""
+    """Mean activation of a channel over all positions (several channels: the sum of means)."""
 
     kind: Literal["channel"]
     positional = ("layer", "channel")
     builds = "fvis.objectives.activation:Channel"
     layer: LayerName
-    channel: int = Field(ge=0, description="Channel index.")
+    channel: Indices = Field(
+        description="Channel index, or a list of them: the sum of their means (keras-vis's "
+        "filter_indices)."
+    )
 
 
 class NeuronObjective(ObjectiveNode):
-    """Activation of one channel at one position (x = column, y = row; default: the centre)."""
+    """Activation of a channel at one position (x = column, y = row; default: the centre)."""
 
     kind: Literal["neuron"]
     positional = ("layer", "channel", "x", "y")
     builds = "fvis.objectives.activation:Neuron"
     layer: LayerName
-    channel: int = Field(ge=0, description="Channel index.")
+    channel: Indices = Field(description="Channel index, or a list of them, summed.")
     x: int | None = Field(None, ge=0, description="Column; default the centre column.")
     y: int | None = Field(None, ge=0, description="Row; default the centre row.")
 
@@ -208,7 +210,7 @@ class DeepDreamObjective(ObjectiveNode):
 class TensorFile(Node):
     """A tensor from a file: .pt/.pth (weights_only), .npy or .safetensors."""
 
-    file: Path = Field(description="The file; relative paths are from the config's folder.")
+    file: FilePath = Field(description="The file; relative paths are from the config's folder.")
     key: str | None = Field(None, description="Entry to take from a dict or .safetensors file.")
     index: int | None = Field(
         None, ge=0, description="Row to take, e.g. one class's row of a classifier's weights."
@@ -218,7 +220,7 @@ class TensorFile(Node):
 class RandomTensor(Node):
     """A standard-normal random tensor from a seed, shaped to fit the layer."""
 
-    random: int = Field(ge=0, description="Seed.")
+    random: int = Field(ge=0, le=2**63 - 1, description="Seed.")
     shape: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="Shape, where the layer does not determine it (tensor_direction)."
     )
@@ -227,12 +229,49 @@ class RandomTensor(Node):
 class ImageTarget(Node):
     """The activations an image produces at the layer (resized to the render's size)."""
 
-    image: Path = Field(description="Image file; relative paths are from the config's folder.")
+    image: FilePath = Field(description="Image file; relative paths are from the config's folder.")
+
+
+FORMS: dict[str, type[Node]] = {"file": TensorFile, "random": RandomTensor, "image": ImageTarget}
+
+
+def _spelled(*forms: str) -> Discriminator:
+    """Tells the spellings of a tensor apart by the key its mapping holds (`file`, `random`,
+    `image`), so that a mistake in one is reported once, in that spelling's terms, rather than
+    once for every spelling it is not. The tags ("{file}") are no keys, so the loader drops them
+    from error locations as it drops every union tag."""
+
+    def form(value: Any) -> str | None:
+        if isinstance(value, list):
+            return "[numbers]"
+        if isinstance(value, dict):
+            key = next((key for key in forms if key in value), None)
+        else:
+            key = next((key for key in forms if isinstance(value, FORMS[key])), None)
+        return None if key is None else f"{{{key}}}"
+
+    shown = ", ".join(f"{{{key}: ...}}" for key in forms)
+    return Discriminator(
+        form,
+        custom_error_type="tensor",
+        custom_error_message=f"expected a list of numbers or one of {shown}",
+    )
 
 
 TensorSpec = Annotated[
-    list[Any] | TensorFile | RandomTensor,
+    Annotated[list[Any], Tag("[numbers]")]
+    | Annotated[TensorFile, Tag("{file}")]
+    | Annotated[RandomTensor, Tag("{random}")],
+    _spelled("file", "random"),
     Field(description="Inline numbers (nested lists), {file: ..., key: ...} or {random: SEED}."),
+]
+# What an inversion reproduces: a tensor, or the activations of an image.
+TargetSpec = Annotated[
+    Annotated[list[Any], Tag("[numbers]")]
+    | Annotated[TensorFile, Tag("{file}")]
+    | Annotated[RandomTensor, Tag("{random}")]
+    | Annotated[ImageTarget, Tag("{image}")],
+    _spelled("file", "random", "image"),
 ]
 
 
@@ -376,7 +415,7 @@ class L2InversionObjective(ObjectiveNode):
     positional = ("layer", "target")
     builds = "fvis.objectives.direction:L2Inversion"
     layer: LayerName
-    target: TensorSpec | ImageTarget = Field(
+    target: TargetSpec = Field(
         description="The activation to reproduce: a tensor, or {image: FILE}."
     )
 

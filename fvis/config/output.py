@@ -8,13 +8,13 @@ from pydantic import (
     Field,
 )
 
-from fvis.config.base import Node
+from fvis.config.base import FilePath, Node
 
 
 class OutputSpec(Node):
     """Where and how results are written."""
 
-    dir: Path = Field(Path("outputs"), description="Folder holding one folder per run name.")
+    dir: FilePath = Field(Path("outputs"), description="Folder holding one folder per run name.")
     cell: int = Field(
         128, ge=16, le=2048, description="Smallest grid cell in pixels (nearest upscaling)."
     )

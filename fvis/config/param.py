@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
     Field,
 )
 
-from fvis.config.base import Node, Size, Tagged
+from fvis.config.base import FilePath, Node, Size, Tagged
 
 
 class ParamNode(Node):
@@ -37,7 +36,7 @@ class ParamNode(Node):
         description="Standard deviation of the random init (pixel, fft, laplacian, lowres; "
         "cppn draws its weights, maco its phases).",
     )
-    init: Path | None = Field(
+    init: FilePath | None = Field(
         None,
         description="Start from this image instead of noise (DeepDream on a photo); relative "
         "to the config's folder. For cppn also a run's cppn.safetensors (continue its CPPN, "
@@ -115,7 +114,7 @@ class MacoParam(ParamNode):
     decay: float = Field(
         1.0, ge=0, le=4, description="Magnitude template 1/f^decay (without a spectrum file)."
     )
-    spectrum: Path | None = Field(
+    spectrum: FilePath | None = Field(
         None,
         description="Magnitude template from `fvis spectrum FOLDER -o FILE` (.safetensors); "
         "default: the init image's own spectrum with init, the 1/f^decay power law without.",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fvis.hooks import IMAGE
-from fvis.objectives.algebra import Leaf, Objective, TermError
+from fvis.objectives.algebra import Leaf, Objective, TermError, indices, label, unless
 
 if TYPE_CHECKING:
     from fvis.errors import YamlPath
@@ -42,13 +42,23 @@ def channel_count(shape: Sequence[int], field: str = "layer") -> int:
     raise TermError(field, f"expects a [B, C], [B, T, C] or [B, C, H, W] layer, got {list(shape)}")
 
 
-def check_channel(shape: Sequence[int], channel: int) -> None:
+def check_channel(shape: Sequence[int], channel: int | tuple[int, ...]) -> None:
+    """Every channel named must exist; in a list, the error names the item (`channel[1]`)."""
     count = channel_count(shape)
-    if channel >= count:
-        raise TermError(
-            "channel",
-            f"channel {channel} is out of range: the layer has {count} channels (0..{count - 1})",
-        )
+    listed = not isinstance(channel, int)
+    for i, c in enumerate(channel if not isinstance(channel, int) else (channel,)):
+        if c >= count:
+            raise TermError(
+                ("channel", i) if listed else "channel",
+                f"channel {c} is out of range: the layer has {count} channels (0..{count - 1})",
+            )
+
+
+def one_or_many(channel: int | Sequence[int]) -> int | tuple[int, ...]:
+    """A channel index, or several as a tuple (a list of one is that one)."""
+    if isinstance(channel, int):
+        return channel
+    return channel[0] if len(channel) == 1 else tuple(channel)
 
 
 def check_position(shape: Sequence[int], x: int | None, y: int | None) -> None:
@@ -78,43 +88,53 @@ def _probabilities(x: torch.Tensor) -> bool:
 
 @dataclass(eq=False)
 class Channel(Leaf):
-    """Mean activation of one channel over all positions: mean_p a[b, c, p]."""
+    """Mean activation of a channel over all positions: mean_p a[b, c, p]. Several channels
+    (keras-vis's filter_indices): the sum of their means, sum_c mean_p a[b, c, p], so that each
+    channel weighs as it would alone."""
 
     layer: str
-    channel: int
+    channel: int | tuple[int, ...]
 
     def __post_init__(self) -> None:
-        self.name = f"channel({self.layer}, {self.channel})"
+        self.channel = one_or_many(self.channel)
+        self.name = label("channel", self.layer, indices(self.channel))
 
     def check(self, shapes: Shapes) -> None:
         check_channel(shapes[self.layer], self.channel)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        return positions(x)[:, self.channel].mean(1)
+        p = positions(x)
+        if isinstance(self.channel, int):
+            return p[:, self.channel].mean(1)
+        return p[:, list(self.channel)].mean(2).sum(1)
 
 
 @dataclass(eq=False)
 class Neuron(Leaf):
-    """One channel at one position: a[b, c, y, x] (x = column, y = row), default the centre.
+    """A channel at one position: a[b, c, y, x] (x = column, y = row), default the centre;
+    several channels: the sum of their activations there.
 
     On token layers [B, T, C], x is the token index and y is not used.
     """
 
     layer: str
-    channel: int
+    channel: int | tuple[int, ...]
     x: int | None = None
     y: int | None = None
 
     def __post_init__(self) -> None:
-        where = "" if self.x is None and self.y is None else f", x={self.x}, y={self.y}"
-        self.name = f"neuron({self.layer}, {self.channel}{where})"
+        self.channel = one_or_many(self.channel)
+        self.name = label("neuron", self.layer, indices(self.channel), x=self.x, y=self.y)
 
     def check(self, shapes: Shapes) -> None:
         check_channel(shapes[self.layer], self.channel)
         check_position(shapes[self.layer], self.x, self.y)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        return at_position(x, self.x, self.y)[:, self.channel]
+        a = at_position(x, self.x, self.y)
+        if isinstance(self.channel, int):
+            return a[:, self.channel]
+        return a[:, list(self.channel)].sum(1)
 
 
 @dataclass(eq=False)
@@ -124,7 +144,7 @@ class LayerMean(Leaf):
     layer: str
 
     def __post_init__(self) -> None:
-        self.name = f"layer({self.layer})"
+        self.name = label("layer", self.layer)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1).mean(1)
@@ -137,7 +157,7 @@ class DeepDream(Leaf):
     layer: str
 
     def __post_init__(self) -> None:
-        self.name = f"deepdream({self.layer})"
+        self.name = label("deepdream", self.layer)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1).square().mean(1)
@@ -167,7 +187,7 @@ class ClassLogit(Leaf):
         return cls(layer, tuple(node.index))
 
     def __post_init__(self) -> None:
-        self.name = f"class_logit({self.layer}, {','.join(map(str, self.indices))})"
+        self.name = label("class_logit", self.layer, indices(self.indices))
 
     def check(self, shapes: Shapes) -> None:
         shape = shapes[self.layer]
@@ -182,13 +202,31 @@ class ClassLogit(Leaf):
 
 
 @dataclass(eq=False)
+class Opacity(Leaf):
+    """Mean opacity: the mean of each image's alpha channel (its last), in [0, 1].
+
+    `param.alpha_penalty` subtracts it, weighted, from the objective (as lucid's transparency
+    renders do), so that only what carries the objective stays opaque. A term like any other:
+    reported in run.json and scaled with the loss under fp16.
+    """
+
+    layer: str = IMAGE
+
+    def __post_init__(self) -> None:
+        self.name = label("opacity", self.layer)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, -1].flatten(1).mean(1)
+
+
+@dataclass(eq=False)
 class TotalVariation(Leaf):
     """Total variation: sum |a[.., y+1, x] - a[.., y, x]| + |a[.., y, x+1] - a[.., y, x]|."""
 
     layer: str = IMAGE
 
     def __post_init__(self) -> None:
-        self.name = f"total_variation({self.layer})"
+        self.name = label("total_variation", self.layer)
 
     def check(self, shapes: Shapes) -> None:
         if len(shapes[self.layer]) != 4:
@@ -210,7 +248,7 @@ class L1(Leaf):
     constant: float = 0.0
 
     def __post_init__(self) -> None:
-        self.name = f"l1({self.layer})"
+        self.name = label("l1", self.layer, unless(self.constant, 0.0))
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.constant).abs().flatten(1).sum(1)
@@ -224,7 +262,7 @@ class L2(Leaf):
     constant: float = 0.0
 
     def __post_init__(self) -> None:
-        self.name = f"l2({self.layer})"
+        self.name = label("l2", self.layer, unless(self.constant, 0.0))
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.constant).square().flatten(1).sum(1) + 1e-12).sqrt()
@@ -238,7 +276,7 @@ class L2Mean(Leaf):
     constant: float = 0.0
 
     def __post_init__(self) -> None:
-        self.name = f"l2_mean({self.layer})"
+        self.name = label("l2_mean", self.layer, unless(self.constant, 0.0))
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.constant).square().flatten(1).mean(1)

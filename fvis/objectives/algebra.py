@@ -9,6 +9,7 @@ return scores to maximize: the render loop is the one place that negates.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,11 +42,17 @@ class Activations:
 
 
 class TermError(ValueError):
-    """A term that does not fit the layer it reads; `field` names the offending config key."""
+    """A term that does not fit the layer it reads; `field` names the offending config key, or
+    its path below the node (`("channel", 1)`: the second channel of a list)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str | tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
         self.field = field
+
+    @property
+    def loc(self) -> tuple[str | int, ...]:
+        """The offending key's path below the node."""
+        return self.field if isinstance(self.field, tuple) else (self.field,)
 
 
 class Objective:
@@ -121,6 +128,45 @@ class Objective:
 
     def __str__(self) -> str:
         return self.name
+
+
+def label(kind: str, *args: object, **keywords: object) -> str:
+    """A term's label (its name in run.json), spelled as an expression spells it:
+    `kind(arg, ..., key=value)`. None arguments and keywords are left out, so that a caller
+    passes a parameter only where it tells the term apart from the default."""
+    parts = [shown(a) for a in args if a is not None]
+    parts += [f"{key}={shown(v)}" for key, v in keywords.items() if v is not None]
+    return f"{kind}({', '.join(parts)})"
+
+
+def unless(value: object, default: object) -> object:
+    """`value`, or None (left out of a label) when it is the default."""
+    return None if value == default else value
+
+
+def shown(value: object) -> str:
+    """A parameter as a label shows it: numbers short but exact, lists in brackets."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    if isinstance(value, list | tuple):
+        return f"[{', '.join(map(shown, value))}]"
+    return str(value)
+
+
+def indices(values: int | Sequence[int]) -> str:
+    """One index as itself (also a list of one), several as a list: `5`, `[5, 12]`."""
+    if isinstance(values, int):
+        return str(values)
+    return str(values[0]) if len(values) == 1 else shown(list(values))
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """Four hex digits of a tensor's shape and float32 values: a short label for inline numbers,
+    the same in every run."""
+    data = tensor.detach().to("cpu", torch.float32).contiguous()
+    content = hashlib.sha256(repr(tuple(data.shape)).encode() + data.numpy().tobytes())
+    return content.hexdigest()[:4]
 
 
 def _lift(value: Objective | float) -> Objective:

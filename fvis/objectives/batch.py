@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from fvis.objectives.activation import positions
-from fvis.objectives.algebra import Leaf
+from fvis.objectives.algebra import Leaf, label, unless
 
 
 @dataclass(eq=False)
@@ -22,7 +22,7 @@ class Diversity(Leaf):
     layer: str
 
     def __post_init__(self) -> None:
-        self.name = f"diversity({self.layer})"
+        self.name = label("diversity", self.layer)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -50,7 +50,12 @@ class Alignment(Leaf):
     distance: int = 4
 
     def __post_init__(self) -> None:
-        self.name = f"alignment({self.layer})"
+        self.name = label(
+            "alignment",
+            self.layer,
+            decay=unless(self.decay, 2.0),
+            distance=unless(self.distance, 4),
+        )
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]

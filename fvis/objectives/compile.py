@@ -24,7 +24,7 @@ from fvis.config import ImageTarget, ObjectiveNode, RandomTensor, TensorFile
 from fvis.errors import SpecError, YamlPath
 from fvis.io import resolve
 from fvis.objectives.activation import channel_count
-from fvis.objectives.algebra import LAYER_FIELDS, Masked, Objective, TermError
+from fvis.objectives.algebra import LAYER_FIELDS, Masked, Objective, TermError, label
 
 
 def layer_fields(node: BaseModel, loc: YamlPath) -> Iterator[tuple[YamlPath, str]]:
@@ -75,7 +75,7 @@ class Context:
             try:
                 leaf.check(self.shapes)
             except TermError as exc:
-                raise SpecError((*loc, exc.field), f"layer {leaf.layer!r}: {exc}") from None
+                raise SpecError((*loc, *exc.loc), f"layer {leaf.layer!r}: {exc}") from None
         if node.batch is not None:
             outside = [b for b in node.batch if b >= self.batch]
             if outside:
@@ -106,6 +106,22 @@ class Context:
             generator = torch.Generator().manual_seed(spec.random)
             return torch.randn(tuple(spec.shape or shape), generator=generator)
         return self._read_tensor(spec, loc)
+
+    def sources(self, node: Any, *keys: str) -> dict[str, str]:
+        """How the config names each tensor field of a node, for the term's label (`random(3)`,
+        `file('v.pt', 'dir')`, `image('cat.png')`); inline numbers are left out (the leaf labels
+        them by a digest of their values)."""
+        out = {}
+        for key in keys:
+            spec = getattr(node, key, None)
+            if isinstance(spec, RandomTensor):
+                out[key] = label("random", spec.random, shape=spec.shape)
+            elif isinstance(spec, TensorFile):
+                key_shown = None if spec.key is None else repr(spec.key)
+                out[key] = label("file", repr(str(spec.file)), key_shown, index=spec.index)
+            elif isinstance(spec, ImageTarget):
+                out[key] = label("image", repr(str(spec.image)))
+        return out
 
     def vector(
         self, node: Any, loc: YamlPath, key: str = "vector", layer: str = "layer"

@@ -9,8 +9,9 @@ compared after mapping both by M (e.g. M = Cov^-1/2: a whitened inner product).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -21,7 +22,7 @@ from fvis.objectives.activation import (
     check_position,
     positions,
 )
-from fvis.objectives.algebra import Activations, Leaf, Objective, TermError
+from fvis.objectives.algebra import Activations, Leaf, Objective, TermError, digest, label
 
 if TYPE_CHECKING:
     from fvis.errors import YamlPath
@@ -59,7 +60,45 @@ def check_vector(shape: tuple[int, ...], v: torch.Tensor, transform: torch.Tenso
 
 
 @dataclass(eq=False)
-class _Directional(Leaf):
+class _Tensors(Leaf):
+    """A leaf holding tensors (directions, weights, targets), labelled by their sources.
+
+    Its label (`name`) spells it as an expression would: `kind`, then the fields named in
+    `positional`, then every other field that differs from its default as `key=value`. A tensor
+    shows as `sources[field]` (how the config named it: `random(3)`, `file('v.pt', 'dir')`), or
+    else as `field#3fa2`, four hex digits of its values: two terms differing only in their
+    vectors get different labels, and a label is the same in every run."""
+
+    kind: ClassVar[str]
+    positional: ClassVar[tuple[str, ...]] = ("layer", "vector")
+    sources: dict[str, str] = field(default_factory=dict, kw_only=True, repr=False)
+
+    def __post_init__(self) -> None:
+        others = [
+            f
+            for f in dataclasses.fields(self)
+            if f.init and f.name not in (*self.positional, "sources")
+        ]
+        keywords = {
+            f.name: self._shown(f.name) for f in others if not _is_default(getattr(self, f.name), f)
+        }
+        args = [self._shown(name) for name in self.positional]
+        self.name = label(self.kind, *args, **keywords)
+
+    def _shown(self, name: str) -> object:
+        value = getattr(self, name)
+        if isinstance(value, torch.Tensor):
+            return self.sources.get(name) or f"{name}#{digest(value)}"
+        return value
+
+
+def _is_default(value: object, spec: dataclasses.Field[Any]) -> bool:
+    """Whether a field holds its default (a tensor never does)."""
+    return not isinstance(value, torch.Tensor) and value == spec.default
+
+
+@dataclass(eq=False)
+class _Directional(_Tensors):
     """Shared by the direction family: a layer, a vector, an optional linear transform."""
 
     layer: str
@@ -69,9 +108,16 @@ class _Directional(Leaf):
     @classmethod
     def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
         """Layer, vector and transform loaded, then this kind's own fields (cossim_pow...)."""
-        own = [f for f in cls.__dataclass_fields__ if f not in ("layer", "vector", "transform")]
+        tensors = ("layer", "vector", "transform", "sources")
+        own = [f.name for f in dataclasses.fields(cls) if f.name not in tensors]
         fields = {name: getattr(node, name) for name in own if name in type(node).model_fields}
-        return cls(ctx.layer(loc), ctx.vector(node, loc), ctx.matrix(node, loc), **fields)
+        return cls(
+            ctx.layer(loc),
+            ctx.vector(node, loc),
+            ctx.matrix(node, loc),
+            **fields,
+            sources=ctx.sources(node, "vector", "transform"),
+        )
 
     def check(self, shapes: Shapes) -> None:
         check_vector(shapes[self.layer], self.vector, self.transform)
@@ -89,11 +135,9 @@ class _Directional(Leaf):
 class Direction(_Directional):
     """Mean over positions of dot(a_p, v) * max(cos(a_p, v), floor)^cossim_pow."""
 
+    kind = "direction"
     cossim_pow: float = 0.0
     floor: float = 0.1
-
-    def __post_init__(self) -> None:
-        self.name = f"direction({self.layer})"
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return dot_cossim(self.mapped(x), self.direction(), self.cossim_pow, self.floor).mean(1)
@@ -103,16 +147,15 @@ class Direction(_Directional):
 class DotCossim(Direction):
     """lucid's dot x cosine^n: like `direction`, with a cosine power of 1 by default."""
 
-    def __post_init__(self) -> None:
-        self.name = f"dot_cossim({self.layer})"
+    kind = "dot_cossim"
+    cossim_pow: float = 1.0
 
 
 @dataclass(eq=False)
 class Cosine(_Directional):
     """Mean over positions of cos(a_p, v): the angle only, whatever the magnitude."""
 
-    def __post_init__(self) -> None:
-        self.name = f"cosine({self.layer})"
+    kind = "cosine"
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         a, v = self.mapped(x), self.direction()
@@ -124,13 +167,11 @@ class Cosine(_Directional):
 class NeuronDirection(_Directional):
     """dot(a, v) * max(cos(a, v), floor)^cossim_pow at one position (default the centre)."""
 
+    kind = "neuron_direction"
     x: int | None = None
     y: int | None = None
     cossim_pow: float = 0.0
     floor: float = 0.1
-
-    def __post_init__(self) -> None:
-        self.name = f"neuron_direction({self.layer})"
 
     def check(self, shapes: Shapes) -> None:
         super().check(shapes)
@@ -147,8 +188,8 @@ class NeuronDirection(_Directional):
 class AngledNeuronDirection(NeuronDirection):
     """NeuronDirection with a cosine power of 4 by default: rewards the angle strongly."""
 
-    def __post_init__(self) -> None:
-        self.name = f"angled_neuron_direction({self.layer})"
+    kind = "angled_neuron_direction"
+    cossim_pow: float = 4.0
 
 
 @dataclass(eq=False)
@@ -158,10 +199,8 @@ class DotOrthogonal(_Directional):
     Rewards moving along the direction and penalizes everything orthogonal to it.
     """
 
+    kind = "dot_orthogonal_penalty"
     penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        self.name = f"dot_orthogonal_penalty({self.layer})"
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         a, v = self.mapped(x), self.direction()
@@ -176,10 +215,8 @@ class VectorLoss(_Directional):
     """Mean over positions of f(dot(a_p, v)), f = ReLU or identity: the activation of a
     direction treated as a neuron of its own."""
 
+    kind = "vector"
     relu: bool = True
-
-    def __post_init__(self) -> None:
-        self.name = f"vector({self.layer})"
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         dot = torch.einsum("bcn,c->bn", self.mapped(x), self.direction())
@@ -192,10 +229,12 @@ def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 @dataclass(eq=False)
-class TensorDirection(Leaf):
+class TensorDirection(_Tensors):
     """dot(a, T) * max(cos(a, T), floor)^cossim_pow of a [C, h, w] direction tensor T with the
     activations' centred h x w window, per item."""
 
+    kind = "tensor_direction"
+    positional = ("layer", "tensor")
     layer: str
     tensor: torch.Tensor
     cossim_pow: float = 0.0
@@ -205,12 +244,9 @@ class TensorDirection(Leaf):
     def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
         layer = ctx.layer(loc)
         shape = (*ctx.shapes[layer][1:2], 1, 1)
-        return cls(
-            layer, ctx.tensor(node.tensor, (*loc, "tensor"), shape), node.cossim_pow, node.floor
-        )
-
-    def __post_init__(self) -> None:
-        self.name = f"tensor_direction({self.layer})"
+        tensor = ctx.tensor(node.tensor, (*loc, "tensor"), shape)
+        sources = ctx.sources(node, "tensor")
+        return cls(layer, tensor, node.cossim_pow, node.floor, sources=sources)
 
     def check(self, shapes: Shapes) -> None:
         shape = shapes[self.layer]
@@ -247,19 +283,19 @@ def _weighted(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(eq=False)
-class ActivationWeights(Leaf):
+class ActivationWeights(_Tensors):
     """Weighted activations: mean over positions of sum_c w_c a_c (w per channel, or per
     element of the layer)."""
 
+    kind = "activation_weights"
+    positional = ("layer", "weights")
     layer: str
     weights: torch.Tensor
 
     @classmethod
     def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
-        return cls(ctx.layer(loc), ctx.vector(node, loc, "weights"))
-
-    def __post_init__(self) -> None:
-        self.name = f"activation_weights({self.layer})"
+        weights = ctx.vector(node, loc, "weights")
+        return cls(ctx.layer(loc), weights, sources=ctx.sources(node, "weights"))
 
     def check(self, shapes: Shapes) -> None:
         _check_weights(shapes[self.layer], self.weights, "weights")
@@ -269,10 +305,12 @@ class ActivationWeights(Leaf):
 
 
 @dataclass(eq=False)
-class Facet(Leaf):
+class Facet(_Tensors):
     """Facet loss (Goh et al. 2021): a direction at a late layer plus facet weights (e.g. a
     linear probe's) on an earlier layer: mean_p dot(u_p, v) + strength * weighted(a, W)."""
 
+    kind = "facet"
+    positional = ("layer", "ultimate", "vector", "weights")
     layer: str
     ultimate: str
     vector: torch.Tensor
@@ -283,10 +321,9 @@ class Facet(Leaf):
     def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
         vector = ctx.vector(node, loc, "vector", "ultimate")
         weights = ctx.vector(node, loc, "weights")
-        return cls(ctx.layer(loc), ctx.layer(loc, "ultimate"), vector, weights, node.strength)
-
-    def __post_init__(self) -> None:
-        self.name = f"facet({self.ultimate}, {self.layer})"
+        layers = ctx.layer(loc), ctx.layer(loc, "ultimate")
+        sources = ctx.sources(node, "vector", "weights")
+        return cls(*layers, vector, weights, node.strength, sources=sources)
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -302,18 +339,18 @@ class Facet(Leaf):
 
 
 @dataclass(eq=False)
-class L2Inversion(Leaf):
+class L2Inversion(_Tensors):
     """Feature inversion: -||a - target||_2 per item, the target an activation to reproduce."""
 
+    kind = "l2_inversion"
+    positional = ("layer", "target")
     layer: str
     target: torch.Tensor
 
     @classmethod
     def from_node(cls, node: Any, loc: YamlPath, ctx: Context) -> Objective:
-        return cls(ctx.layer(loc), ctx.target(node, loc))
-
-    def __post_init__(self) -> None:
-        self.name = f"l2_inversion({self.layer})"
+        target = ctx.target(node, loc)
+        return cls(ctx.layer(loc), target, sources=ctx.sources(node, "target"))
 
     def check(self, shapes: Shapes) -> None:
         shape = tuple(shapes[self.layer][1:])

@@ -8,7 +8,7 @@ import torch
 
 from fvis.filters import gaussian_blur
 from fvis.hooks import IMAGE
-from fvis.objectives.algebra import Leaf, TermError
+from fvis.objectives.algebra import Leaf, TermError, label
 
 
 @dataclass(eq=False)
@@ -24,7 +24,7 @@ class BlurResidual(Leaf):
     sigma: float = 1.0
 
     def __post_init__(self) -> None:
-        self.name = f"blur({self.layer}, {self.sigma:g})"
+        self.name = label("blur", self.layer, self.sigma)  # sigma always: its scale
 
     def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
         if len(shapes[self.layer]) != 4:

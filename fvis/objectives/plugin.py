@@ -6,7 +6,7 @@ from typing import Any
 
 from fvis.config import PluginObjective
 from fvis.errors import SpecError, YamlPath
-from fvis.factories import load_callable
+from fvis.factories import call, load_callable
 from fvis.objectives.algebra import Objective
 from fvis.objectives.compile import Context
 
@@ -20,10 +20,7 @@ class Plugin:
         kwargs: dict[str, Any] = dict(node.model_extra or {})
         if node.layer is not None:
             kwargs["layer"] = ctx.layer(loc)
-        try:
-            objective = factory(**kwargs)
-        except TypeError as exc:
-            raise SpecError(loc, f"{node.factory} refused its arguments: {exc}") from None
+        objective = call(factory, loc, **kwargs)
         if not isinstance(objective, Objective):
             raise SpecError(
                 (*loc, "factory"),
