@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,10 @@ def check_image(
     """Compare one PNG with its golden; on failure write golden | run | difference to diff_dir."""
     check = ImageCheck(rel)
     diff_path = diff_dir / rel
-    diff_path.unlink(missing_ok=True)  # a diff left by an earlier failing compare
+    try:
+        diff_path.unlink(missing_ok=True)  # a diff left by an earlier failing compare
+    except OSError as exc:
+        raise UserError(f"{diff_path}: cannot remove the old diff image ({exc.strerror})") from None
     if not run.is_file():
         check.problem = "missing in run"
         return check
@@ -198,7 +202,11 @@ def check_image(
             ]
             check.problem = ", ".join(failed) or None
     if check.problem:
-        diff_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            diff_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = diff_path.parent
+            raise UserError(f"{where}: cannot write diff images ({exc.strerror})") from None
         write_atomic(diff_path, diff_png(g, r))
         check.diff = diff_path
     return check
@@ -433,6 +441,8 @@ def compare(
         if not root.is_dir():
             raise UserError(f"{root}: no such folder")
     diff_dir = diff_dir if diff_dir is not None else run_dir / "diff"
+    if diff_dir.exists() and not diff_dir.is_dir():
+        raise UserError(f"{diff_dir}: cannot write diff images (not a folder)")
     report = Report(run_dir, golden_dir, diff_dir, thresholds)
     golden_runs = _run_folders(golden_dir, diff_dir)
     pngs = _pngs(golden_dir, diff_dir)
@@ -452,6 +462,9 @@ def compare(
         report.images.append(
             check_image(png, run_dir / png, golden_dir / png, thresholds, diff_dir)
         )
+    both = golden_runs.keys() & run_runs.keys()  # a run without golden is reported whole
+    for png in sorted(set(_run_images(run_dir, both, diff_dir)) - set(pngs)):
+        report.problems.append(f"{png}: image has no golden in {golden_dir}")
     for folder in sorted(golden_runs.keys() & run_runs.keys()):
         for name in golden_runs[folder]:
             rel = name if folder == "." else f"{folder}/{name}"
@@ -478,6 +491,17 @@ def _pngs(root: Path, skip: Path) -> list[str]:
     """Relative paths of the PNGs under root, outside `skip` (the diff folder)."""
     paths = (p for p in root.rglob("*.png") if p.is_file() and not _inside(p, skip))
     return sorted(p.relative_to(root).as_posix() for p in paths)
+
+
+def _run_images(root: Path, runs: set[str], skip: Path) -> list[str]:
+    """The final images (image_<i>.png) of the run folders `runs` under root: each needs a
+    golden."""
+    return [
+        png
+        for png in _pngs(root, skip)
+        if re.fullmatch(r"image_\d+\.png", png.rpartition("/")[2])
+        and (png.rpartition("/")[0] or ".") in runs
+    ]
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -28,8 +28,9 @@ more than MAX_INT_DIGITS digits (Python refuses to convert 4,300) are refused wi
 from __future__ import annotations
 
 import difflib
+import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -150,14 +151,15 @@ class _Parser:
             if op.text == "/":
                 if isinstance(right, dict):
                     raise ExpressionError(f"division by an objective at column {op.column}")
-                out = _scale(out, 1.0 / right) if isinstance(out, dict) else out / right
+                factor = _quotient(1.0, right, op)
+                out = _scale(out, factor) if isinstance(out, dict) else _product(out, factor, op)
             elif isinstance(out, dict) and isinstance(right, dict):
                 out = {"kind": "product", "terms": [out, right]}
             elif isinstance(out, dict) or isinstance(right, dict):
                 node, factor = (out, right) if isinstance(out, dict) else (right, out)
                 out = _scale(node, factor)
             else:
-                out = out * right
+                out = _product(out, right, op)
         return out
 
     def unary(self) -> Any:
@@ -176,7 +178,7 @@ class _Parser:
                 raise ExpressionError(f"the exponent must be a number at column {op.column}")
             if isinstance(base, dict):
                 return {"kind": "power", "term": base, "exponent": exponent}
-            return base**exponent
+            return _arithmetic(lambda: float(base) ** float(exponent), op)
         return base
 
     def atom(self) -> Any:
@@ -215,6 +217,7 @@ class _Parser:
                 raise ExpressionError(
                     f"expected ',' or ')', found {found} at column {self.peek.column}"
                 )
+            column = self.peek.column
             if self.peek.kind == "name" and self.tokens[self.i + 1].text == "=":
                 key: str | None = self.take().text
                 self.take()
@@ -224,6 +227,10 @@ class _Parser:
                 raise ExpressionError(
                     f"{name.text}() takes at most {len(self.kinds[name.text])} positional "
                     f"arguments (column {self.peek.column})"
+                )
+            if key in node:
+                raise ExpressionError(
+                    f"{name.text}() got {key!r} twice (the second at column {column})"
                 )
             node[key] = self.value()
         return node
@@ -290,6 +297,26 @@ def _number(token: Token) -> int | float:
             f"(at most {MAX_INT_DIGITS})"
         )
     return int(token.text)
+
+
+def _arithmetic(compute: Callable[[], float], op: Token) -> float:
+    """A constant computed in floating point (so `2 ** 3 ** 4 ** 5` cannot build a huge
+    integer); one that has no finite value is an ExpressionError at its operator."""
+    try:
+        value = compute()
+    except (ZeroDivisionError, OverflowError):
+        value = math.inf
+    if not math.isfinite(value):
+        raise ExpressionError(f"{op.text!r} at column {op.column} gives no finite number")
+    return value
+
+
+def _product(a: float, b: float, op: Token) -> float:
+    return _arithmetic(lambda: float(a) * float(b), op)
+
+
+def _quotient(a: float, b: float, op: Token) -> float:
+    return _arithmetic(lambda: float(a) / float(b), op)
 
 
 def _scale(node: Any, factor: float) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
+from fvis.errors import UserError
 from fvis.io import png_bytes, to_pil, write_atomic
 from fvis.params import CPPNImage, ImageParam, load_cppn
 
@@ -52,7 +53,10 @@ def render_cppn(path: Path, size: tuple[int, int], out_dir: Path) -> list[Path]:
     """Render a run's cppn.safetensors at `size` into out_dir/image_<i>.png; returns the paths."""
     param = load_cppn(path, size)
     images = param.render_at(size)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot make the output folder ({exc.strerror})") from None
     paths = []
     for b, image in enumerate(images):
         target = out_dir / f"image_{b}.png"

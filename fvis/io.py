@@ -78,7 +78,9 @@ def read_image(
     except Image.DecompressionBombError as exc:  # Pillow's limit (twice its default) is above ours
         found = PILLOW_PIXELS.search(str(exc))
         raise too_large(path, int(found[1]) if found else None) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not a readable image (no image format Pillow knows)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UserError(f"{path}: not a readable image ({exc})") from None
     return raw.view(h, w, -1).permute(2, 0, 1).to(dtype) / 255
 

@@ -221,6 +221,11 @@ def _checkpoint(spec: CheckpointModelSpec, base: Path) -> tuple[nn.Module, Prepr
     state = _state_dict(_read_checkpoint(path), spec.key, path)
     if ":" in spec.arch:
         model, prep = _factory_call(spec.arch, spec.kwargs, base, ("model", "arch")), _plain()
+        if not isinstance(model, nn.Module):
+            raise SpecError(
+                ("model", "arch"),
+                f"{spec.arch} returned a {type(model).__name__}, not a torch nn.Module",
+            )
     else:
         import torchvision  # lazy: 2 s (it imports torch._dynamo); only torchvision models need it
 
@@ -329,13 +334,17 @@ def _factory_call(target: str, kwargs: dict[str, Any], base: Path, loc: tuple[st
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a model builder; a wrong keyword is the user's mistake, reported in one line."""
+    """Call a model builder; a wrong keyword, or a value it cannot build with, is the user's
+    mistake, reported in one line."""
     try:
         return fn(*args, **kwargs)
     except TypeError as exc:
         raise SpecError(
             ("model", "kwargs"), f"the model builder refused its arguments: {exc}"
         ) from None
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(("model", "kwargs"), f"the model builder failed: {first}") from None
 
 
 def _existing(base: Path, path: Path, loc: tuple[str, ...]) -> Path:

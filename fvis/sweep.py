@@ -258,21 +258,31 @@ def _fill(
                 continue
             if result.failure:
                 raise SweepFailed(f"{path}: {part[0].key}: {result.failure}")
-            for b, item in enumerate(part):
-                write_atomic(folder / item.file, png_bytes(to_pil(result.final.images[b])))
-                index[item.key] = {
-                    "file": item.file,
-                    "overrides": item.overrides,
-                    "objective": result.final.objective[b],
-                    "seconds_per_step": result.seconds / max(result.steps_done, 1) / len(part),
-                }
-            write_atomic(folder / INDEX, to_json({"config": str(path), "items": index}))
+            try:
+                _write_items(folder, path, part, result, index)
+            except UserError as exc:  # a full disk: the items written so far stay, indexed
+                raise SweepFailed(f"{exc}; rerun the sweep to render the rest") from None
             if progress:
                 progress(f"{len(index)}/{len(items)} items ({part[-1].key})")
     done = [i for i in items if i.key in index]
     sheet = contact_sheet([folder / i.file for i in done], [_caption(i.key) for i in done])
     write_atomic(folder / SHEET, png_bytes(sheet))
     return index
+
+
+def _write_items(
+    folder: Path, path: Path, part: list[SweepItem], result: Result, index: dict[str, Any]
+) -> None:
+    """Each item's PNG, then the index naming it (an item is done once both are written)."""
+    for b, item in enumerate(part):
+        write_atomic(folder / item.file, png_bytes(to_pil(result.final.images[b])))
+        index[item.key] = {
+            "file": item.file,
+            "overrides": item.overrides,
+            "objective": result.final.objective[b],
+            "seconds_per_step": result.seconds / max(result.steps_done, 1) / len(part),
+        }
+    write_atomic(folder / INDEX, to_json({"config": str(path), "items": index}))
 
 
 def _render(

@@ -447,3 +447,21 @@ def test_json_too_deep_or_with_huge_numbers_is_a_usage_error(tmp_path: Path, cli
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith(f"{run / 'run.json'}: not valid JSON (")
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_image_without_its_golden_is_a_regression(tmp_path: Path, cli) -> None:
+    golden = _run(tmp_path / "golden", [_noise(0)], [1.0])
+    run = _run(tmp_path / "run", [_noise(0)], [1.0])
+    (golden / "image_0.png").unlink()
+    result = cli("compare", run, golden)
+    assert result.exit_code == 1
+    assert f"FAIL: image_0.png: image has no golden in {golden}" in result.stdout
+
+
+def test_a_diff_folder_that_cannot_be_made_is_one_line(tmp_path: Path, cli) -> None:
+    golden = _run(tmp_path / "golden", [_noise(0)], [1.0])
+    run = _run(tmp_path / "run", [_noise(1)], [1.0])
+    (tmp_path / "afile").write_text("")
+    result = cli("compare", run, golden, "--diff-dir", tmp_path / "afile")
+    assert result.exit_code == 2
+    assert result.stderr == f"{tmp_path / 'afile'}: cannot write diff images (not a folder)\n"

@@ -228,3 +228,27 @@ def test_hostile_expressions_are_one_line_at_the_objective(
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert result.stderr.strip().splitlines() == [f"{path}:2: {message}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("channel(conv3, 1) ** 2 ** 3 ** 4 ** 5", "'**' at column 29 gives no finite number"),
+        ("channel(conv3, 1) / 0", "'/' at column 19 gives no finite number"),
+        ("0 ** -1 * channel(conv3, 1)", "'**' at column 3 gives no finite number"),
+    ],
+)
+def test_constants_without_a_finite_value_are_refused_at_once(text: str, message: str) -> None:
+    """Constants fold in floating point: a tower of powers is refused, not computed as an
+    integer of millions of digits (which hung), and 1/0 is a message, not a traceback."""
+    with pytest.raises(ExpressionError) as info:
+        parse_objective(text)
+    assert str(info.value) == message
+
+
+def test_an_argument_given_twice_is_refused() -> None:
+    with pytest.raises(ExpressionError) as info:
+        parse_objective("channel(conv3, channel=1, channel=2)")
+    assert str(info.value) == "channel() got 'channel' twice (the second at column 27)"
+    with pytest.raises(ExpressionError, match="got 'channel' twice"):
+        parse_objective("channel(conv3, 1, channel=2)")

@@ -90,3 +90,13 @@ def test_to_json_keeps_number_lists_on_one_line() -> None:
 def test_resolve_against_a_config_folder(tmp_path: Path) -> None:
     assert resolve(tmp_path, Path("a/b.png")) == tmp_path / "a" / "b.png"
     assert resolve(tmp_path, Path("/abs/b.png")) == Path("/abs/b.png")
+
+
+def test_an_unknown_format_or_empty_file_names_the_file_not_a_buffer(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError) as info:
+        read_image(tmp_path / "empty.png", data=b"")
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'empty.png'}: not a readable image (no image format Pillow knows)"
+    )

@@ -224,3 +224,25 @@ def test_a_missing_factory_module_says_where_fvis_looked(workdir: Path) -> None:
         f"cannot import 'nowhere_module': no module 'nowhere_module' in the config's folder "
         f"({workdir.resolve()}) or on the Python path (installed packages, PYTHONPATH)"
     )
+
+
+def test_torchvision_kwargs_the_builder_cannot_use_are_one_line() -> None:
+    spec = TorchvisionModelSpec(
+        source="torchvision", name="resnet18", weights=None, kwargs={"num_classes": -1}
+    )
+    with pytest.raises(SpecError) as info:
+        build_network(spec, Path())
+    assert info.value.loc == ("model", "kwargs")
+    assert info.value.message.startswith("the model builder failed: Trying to create tensor")
+
+
+def test_a_checkpoint_arch_that_builds_no_module_is_one_line(workdir: Path) -> None:
+    (workdir / "notnet.py").write_text("def build():\n    return 'a string'\n")
+    torch.save({"a": torch.zeros(2)}, workdir / "d.pt")
+    spec = CheckpointModelSpec(source="checkpoint", path=Path("d.pt"), arch="notnet:build")
+    with pytest.raises(SpecError) as info:
+        build_network(spec, workdir)
+    assert (info.value.loc, info.value.message) == (
+        ("model", "arch"),
+        "notnet:build returned a str, not a torch nn.Module",
+    )

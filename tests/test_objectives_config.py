@@ -214,3 +214,17 @@ def test_terms_differing_in_a_parameter_have_their_own_labels(write_config, cli,
     assert labels[3] != labels[4]
     assert all(label.startswith("direction(2, vector#") for label in labels[3:5])
     assert not any(" #" in label for label in labels)  # render.py's " #2" for a repeat
+
+
+def test_a_complex_vector_file_is_refused_not_silently_made_real(
+    cli, write_config, workdir
+) -> None:
+    import numpy as np  # lazy: only this test writes a .npy
+
+    np.save(workdir / "c.npy", np.ones(16, dtype=np.complex64))
+    objective = {"kind": "direction", "layer": "conv2", "vector": {"file": "c.npy"}}
+    result = cli("validate", write_config(tiny_config(objective=objective)), "--deep")
+    assert result.exit_code == 2, result.output
+    assert "objective.vector.file: " in result.stderr
+    assert result.stderr.strip().endswith("c.npy holds torch.complex64 values, not real numbers")
+    assert "Warning" not in result.stderr

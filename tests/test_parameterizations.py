@@ -222,6 +222,10 @@ def test_cppn_run_rerenders_at_another_size(cli, write_config) -> None:
     )
     _run(cli, write_config, again, "--force")
     assert cli("cppn", weights, "--size", "big").exit_code == 2
+    (run / "afile").write_text("")
+    result = cli("cppn", weights, "--out", run / "afile")
+    assert result.exit_code == 2
+    assert result.stderr == f"{run / 'afile'}: cannot make the output folder (File exists)\n"
 
 
 def test_spectrum_command_and_maco_template(cli, workdir: Path) -> None:

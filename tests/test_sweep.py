@@ -13,6 +13,7 @@ from conftest import tiny_config
 from fvis import budget, sweep
 from fvis.build import build_plan, memory_need
 from fvis.errors import UserError
+from fvis.io import write_atomic
 from fvis.render import Renderer
 from fvis.runs import locked
 from fvis.sweep import MAX_ITEMS, SweepFailed, expand, groups, parse_over, run_sweep
@@ -262,3 +263,34 @@ def test_a_sweep_item_is_the_render_of_its_override(cli, write_config, workdir: 
     assert index["objective.channel=1"]["objective"] == pytest.approx(
         run["final"]["objective"][0], abs=1e-6
     )
+
+
+def test_a_full_disk_fails_the_sweep_and_keeps_what_is_indexed(
+    cli, write_config, workdir, monkeypatch
+):
+    """The third write (the second batch's PNG) finds the disk full: exit 1, the first batch
+    stays indexed, and a rerun renders only the rest."""
+    writes = []
+
+    def write_or_full(path: Path, data: bytes) -> None:
+        writes.append(path.name)
+        if len(writes) == 3:
+            raise UserError(f"{path}: cannot write (No space left on device)")
+        write_atomic(path, data)
+
+    monkeypatch.setattr(sweep, "write_atomic", write_or_full)
+    path = write_config(tiny_config(optim={"steps": 2}))
+    args = ("sweep", path, "--over", "objective.channel=0:2", "--out", "sw", "--batch", "1", "-q")
+    result = cli(*args)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        "sw/objective.channel=1.png: cannot write (No space left on device); rerun the sweep to "
+        "render the rest"
+    )
+    assert list(sweep.read_index(workdir / "sw")) == ["objective.channel=0"]
+    monkeypatch.setattr(sweep, "write_atomic", write_atomic)
+    assert cli(*args).exit_code == 0
+    assert sorted(sweep.read_index(workdir / "sw")) == [
+        "objective.channel=0",
+        "objective.channel=1",
+    ]

@@ -181,4 +181,7 @@ class Context:
                     f"row {spec.index} is outside a tensor of {list(content.shape)}",
                 )
             content = content[spec.index]
+        if content.is_complex() or content.dtype == torch.bool:
+            what = f"{path} holds {content.dtype} values, not real numbers"
+            raise SpecError((*loc, "file"), what)
         return content.float()
