@@ -389,6 +389,8 @@ SET_CASES = [
         "objective.channel: duplicate key (first at line 1)",
     ),
     ("path of 5,000 parts", "a." * 5000 + "b=1", "the path has more than 64 parts"),
+    ("NaN", "optim.lr=.nan", "optim.lr: Input should be a finite number"),
+    ("infinity", "param.decay=-.inf", "param.decay: Input should be a finite number"),
     (
         "index of 5,000 digits",
         "transforms." + "9" * 5000 + "=1",

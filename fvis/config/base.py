@@ -138,9 +138,10 @@ FilePath = Annotated[Path, AfterValidator(_lookable)]
 
 
 class Node(BaseModel):
-    """Base of every config node: unknown keys are errors, values are immutable."""
+    """Base of every config node: unknown keys are errors, values are immutable, and every
+    number is finite (a NaN or infinity in a config is a typo, never a setting)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _int_to_str(value: Any) -> Any:
