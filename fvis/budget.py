@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,23 +135,23 @@ def measure(
     A model that cannot take the smaller images (a fixed input size) is measured at `size`;
     None if the model fails there too (the build's dry forward then says why).
     """
-    layers = list(layers)
+    measure_at = partial(
+        _measure_at,
+        network,
+        list(layers),
+        spec,
+        transforms,
+        channels=channels,
+        device=device,
+        dtype=dtype,
+        transparency=transparency,
+        fold=fold,
+    )
 
     def at(hw: tuple[int, int]) -> ItemCost | None:
         try:
             with torch.random.fork_rng(devices=[]):  # the render's random state stays as it was
-                return _measure_at(
-                    network,
-                    layers,
-                    spec,
-                    transforms,
-                    hw,
-                    channels,
-                    device,
-                    dtype,
-                    transparency,
-                    fold,
-                )
+                return measure_at(size=hw)
         except RuntimeError:
             return None
 
