@@ -6,7 +6,7 @@ FVIS := $(VENV)/bin/fvis
 # a fresh clone needs no `make install` first, and pyproject.toml newer than it reinstalls.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench
+.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench bench-quality bench-data
 .PHONY: regress regress-update regress-render regress-portable drift
 .PHONY: parameterizations shapes-spectrum
 
@@ -46,6 +46,13 @@ sweep-classes: $(INSTALLED)  ## every class of the built-in model
 bench: $(INSTALLED)  ## fvis vs torch-lucent vs the floor (installs the bench extra); writes benchmarks/results.md
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/bench.py
+
+bench-quality: $(INSTALLED)  ## fvis vs torch-lucent picture quality on the built-in model (installs the bench extra; hours on 2 CPU cores); writes benchmarks/quality.md
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/quality.py
+
+bench-data: $(INSTALLED)  ## fvis examples vs the bare forward over the same data, memory at 2k and 20k images; writes benchmarks/data.md
+	$(PY) benchmarks/data.py
 
 schema: $(INSTALLED)  ## the JSON schemas editors read (fvis.schema.json, fvis.attribution.schema.json)
 	$(FVIS) schema > fvis.schema.json

@@ -11,17 +11,18 @@ from typing import Protocol
 import torch
 
 from fvis import budget
-from fvis.config import KINDS, Config, DeviceOptions, ObjectiveNode
+from fvis.config import KINDS, Config, DeviceOptions, ObjectiveNode, ParamNode, TensorFile
+from fvis.config.param import COLOR_KEY
 from fvis.errors import SpecError, UserError, YamlPath
 from fvis.fusion import fold_batchnorms
 from fvis.hooks import IMAGE, Capture, resolve_layer, select, split_layer
-from fvis.io import read_image
+from fvis.io import read_image, resolve
 from fvis.models import Network, build_network, resolve_device
 from fvis.objectives import Objective
 from fvis.objectives.activation import Opacity
 from fvis.objectives.algebra import Masked, Sum
-from fvis.objectives.compile import Context, layer_fields
-from fvis.params import build_param
+from fvis.objectives.compile import Context, layer_fields, read_tensor
+from fvis.params import ColorRoot, build_param, check_color_root
 from fvis.render import Plan
 from fvis.transforms import build_transforms
 
@@ -100,7 +101,7 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
             config.param,
             size,
             channels,
-            network.prep.color_correlation,
+            _color_root(config.param, base, network),
             streams,
             base=base,
             preconditioning=config.optim.preconditioning,
@@ -120,6 +121,20 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         warnings=warnings,
         base=base,
     )
+
+
+def _color_root(spec: ParamNode, base: Path, network: Network) -> ColorRoot | None:
+    """The colour-covariance root the image decorrelates with: `decorrelate`'s file's
+    (checked: a finite, invertible 3x3 matrix), else the model's (None: ImageNet's)."""
+    if not isinstance(spec.decorrelate, TensorFile):
+        return network.prep.color_correlation
+    loc: YamlPath = ("param", "decorrelate")
+    matrix = read_tensor(spec.decorrelate, base, loc, default_key=COLOR_KEY)
+    try:
+        check_color_root(matrix)
+    except ValueError as exc:
+        raise SpecError(loc, f"{resolve(base, spec.decorrelate.file)}: {exc}") from None
+    return matrix
 
 
 def memory_need(config: Config, base: Path, items: Sequence[Item] = ()) -> budget.Need | None:

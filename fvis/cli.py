@@ -28,6 +28,7 @@ from fvis.factories import entry_points
 
 if TYPE_CHECKING:
     from fvis.render import Renderer
+    from fvis.scan import Scan
 
 app = typer.Typer(
     help="Feature visualization for PyTorch: render what a network's units respond to, "
@@ -41,6 +42,10 @@ zoo_app = typer.Typer(
     help="The built-in model zoo: list its models, retrain them.", no_args_is_help=True
 )
 app.add_typer(zoo_app, name="zoo")
+probe_app = typer.Typer(
+    help="Linear probes: train one on a layer's activations over data.", no_args_is_help=True
+)
+app.add_typer(probe_app, name="probe")
 
 ConfigArg = Annotated[
     Path, typer.Argument(help="The YAML config file.", metavar="CONFIG", show_default=False)
@@ -505,6 +510,242 @@ def layers(
     show(table, titled=False)
 
 
+# ----------------------------------------------------------------------------- the data side
+
+DataOption = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="The images: zoo:NAME[:COUNT[:SEED]] (a zoo model's generated data), a folder "
+        "(recursive; 'photos/**/*.jpg' for a pattern) or imagefolder:ROOT (default: the "
+        "config's data:).",
+        metavar="SOURCE",
+        show_default=False,
+    ),
+]
+LayersOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layers",
+        "--layer",
+        "-l",
+        help="Layers to read, comma-separated or repeated: names from `fvis layers CONFIG` or "
+        "the config's hooks (default: every layer the zoo model lists).",
+        metavar="L[,L...]",
+        show_default=False,
+    ),
+]
+BatchOption = Annotated[
+    int, typer.Option("--batch", min=1, max=4096, help="Images per forward pass.")
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=0,
+        max=64,
+        help="Worker processes reading images (0: in this process; default: half the CPUs, "
+        "1 to 4).",
+        show_default=False,
+    ),
+]
+ResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume", help="Go on from where an interrupted run of the same command stopped."
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _scan(
+    config: Path,
+    overrides: list[str] | None,
+    data: str | None,
+    layers: list[str] | None,
+    batch: int,
+    workers: int | None,
+    **options: object,
+) -> tuple[Loaded, Scan]:
+    """A config's model set to read `layers` over a data source (--data, its paths from the
+    current folder, else the config's `data:`, its paths from the config's folder); `options`
+    (the command's own) join what a checkpoint must match to be resumed."""
+    import os  # lazy: start-up time
+
+    from fvis.data import open_source  # lazy: start-up time
+    from fvis.models import build_network, resolve_device  # lazy: start-up time
+    from fvis.scan import Scan, layer_specs  # lazy: start-up time
+
+    with user_errors():
+        loaded = load_config(config, overrides or [], {"data": ("--data", data)} if data else None)
+    cfg, source = loaded.config, loaded.source
+    with user_errors(source):
+        if cfg.data is None:
+            raise UserError(
+                f"{config}: no images to read: pass --data SOURCE (e.g. --data zoo:shapes:2000) "
+                "or give the config a data: node"
+            )
+        network = build_network(cfg.model, config.parent)
+        base = Path.cwd() if data else config.parent  # a flag's path is the shell's
+        images = open_source(cfg.data, base, network.prep.size, network.prep.channels)
+        names = _layer_list(layers, cfg)
+        specs = layer_specs(network, names, cfg.hooks, "--layers")
+        identity = {
+            "model": cfg.model.model_dump(mode="json"),
+            "hooks": cfg.hooks,
+            "data": cfg.data.model_dump(mode="json"),
+            "from": str(base.resolve()),
+            "layers": specs,
+            "batch": batch,
+            **options,
+        }
+        auto = min(4, max(1, (os.cpu_count() or 2) // 2))
+        scan = Scan(
+            network,
+            specs,
+            images,
+            batch,
+            auto if workers is None else workers,
+            resolve_device(cfg.device),
+            identity,
+        )
+    _user_code(cfg.model, source, ("model",))
+    return loaded, scan
+
+
+def _layer_list(given: list[str] | None, config: Config) -> list[str]:
+    """The layers named by --layers (comma-separated, repeatable), or the zoo model's."""
+    from fvis import zoo  # lazy: start-up time
+
+    names = [name.strip() for item in given or [] for name in item.split(",") if name.strip()]
+    if names:
+        return list(dict.fromkeys(names))
+    if isinstance(config.model, ZooModelSpec):
+        return list(zoo.get(config.model.name).layer_names)
+    raise UserError("--layers: name the layers to read (`fvis layers CONFIG` lists them)")
+
+
+@contextmanager
+def _image_progress(
+    name: str, total: int, quiet: bool
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar of images read (with images/s) on stderr, or nothing when quiet."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import (  # lazy: start-up time
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task(name, total=total, rate="")
+
+        def advance(done: int, read: int) -> None:
+            rate = read / (bar.tasks[task].elapsed or 1e-9)
+            bar.update(task, completed=done, rate=f"{rate:.0f} images/s")
+
+        yield advance
+
+
+def _skipped(skipped: tuple[str, ...]) -> None:
+    """A note on images a pass could not read (the first named)."""
+    if skipped:
+        note(f"note: {len(skipped)} unreadable images left out; the first: {skipped[0]}")
+
+
+@app.command()
+def examples(
+    config: ConfigArg,
+    data: DataOption = None,
+    layers: LayersOption = None,
+    channels: Annotated[
+        str | None,
+        typer.Option(
+            "--channels",
+            "-c",
+            help="Units to rank in every layer: indices and START:STOP ranges, e.g. 0:8,12 "
+            "(default: all).",
+            metavar="C[,START:STOP...]",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[
+        int,
+        typer.Option("--top", "-k", min=1, max=100, help="Images per ranking (K)."),
+    ] = 9,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Examples folder (default: output.dir/NAME-examples).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            "-f",
+            help="Replace a previous examples folder: the files fvis examples wrote in it are "
+            "removed first.",
+        ),
+    ] = False,
+    resume: ResumeOption = False,
+    batch: BatchOption = 64,
+    workers: WorkersOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Find the images that excite each unit most and least.
+
+    One pass over the images keeps, per unit (channel, neuron, class logit) of each layer, the
+    top-K and bottom-K images by its mean over positions and by its maximum (with where it
+    lies), and crops of the top ones around the maximum, sized to the unit's receptive field
+    (measured by gradient). Writes examples.json (the index), examples.safetensors and a sheet
+    per unit, LAYER/unit_NNNN.png. Interrupted (Ctrl-C), the pass keeps a checkpoint in the
+    folder: --resume goes on.
+    """
+    from fvis import examples as dataset_examples  # lazy: start-up time
+    from fvis import runs  # lazy: start-up time
+
+    with user_errors():
+        wanted = dataset_examples.parse_channels(channels)
+    options = {"channels": None if wanted is None else list(wanted), "top": top}
+    loaded, scan = _scan(config, overrides, data, layers, batch, workers, **options)
+    cfg = loaded.config
+    folder = out_dir or cfg.output.dir / f"{cfg.name}-examples"
+    with user_errors(loaded.source):
+        found = dataset_examples.layers(scan, wanted)
+        with runs.locked(folder):
+            dataset_examples.claim(folder, force, resume)
+            found = dataset_examples.measure(scan, found)
+            for layer in [] if quiet else found:
+                note(layer.summary())
+            with _image_progress(f"examples {cfg.name}", len(scan.images), quiet) as progress:
+                written = dataset_examples.run(scan, found, top, folder, resume, progress)
+    _skipped(written.outcome.skipped)
+    if not quiet:
+        note(f"{cfg.name}: {written.read} of {written.seen} images ranked")
+    say(str(written.index))
+
+
 def _user_code(config: BaseModel, source: Source, under: tuple[str, ...] = ()) -> None:
     """A notice line for each 'module:function' of the user's code a config (or its part at
     `under`) imports and runs: model factories, architectures, plugin objectives. Checkpoints
@@ -684,6 +925,189 @@ def cppn(
             raise UserError(str(exc)) from None
     for path in paths:
         say(str(path))
+
+
+# ----------------------------------------------------------------------------- stats and probes
+
+ReplaceOption = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing file.")]
+
+
+@contextmanager
+def _new_file(path: Path, force: bool) -> Iterator[None]:
+    """For the block, the folder of a file about to be written (created with its missing
+    parents, and removed again where the block fails and leaves them empty); refused at once
+    where a file is (unless `force`), where a folder is, or with a suffix other than
+    .safetensors (configs read a file by its suffix)."""
+    if path.suffix != ".safetensors":
+        raise UserError(
+            f"{path}: the file must end in .safetensors (configs read it by its suffix)"
+        )
+    if path.is_dir():
+        raise UserError(f"{path}: a folder; name the file to write with --out FILE")
+    if path.exists() and not force:
+        raise UserError(f"{path}: exists; pass --force to replace it, or --out FILE")
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot create the folder ({exc.strerror})") from None
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # innermost first; one holding a checkpoint stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _described(scan: Scan) -> dict[str, object]:
+    """What a stats or probe file records of the pass that made it: model, data, layers."""
+    return {key: scan.identity[key] for key in ("model", "data", "layers")}
+
+
+@app.command()
+def stats(
+    config: ConfigArg,
+    data: DataOption = None,
+    layers: LayersOption = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The file to write (default: output.dir/NAME-stats.safetensors).",
+            show_default=False,
+        ),
+    ] = None,
+    force: ReplaceOption = False,
+    resume: ResumeOption = False,
+    batch: BatchOption = 64,
+    workers: WorkersOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Write per-layer activation statistics over a data source.
+
+    One pass over the images; every position of every image is one sample of a layer's channel
+    vector. Per layer: LAYER.mean and LAYER.std of each channel, LAYER.covariance (divided by
+    N), LAYER.whiten (its pseudo-inverse square root: a direction objective's transform:),
+    LAYER.class_means and LAYER.class_counts (each class's mean activation vector); and the
+    images' colour decorrelation matrix, color_correlation (param.decorrelate). Interrupted
+    (Ctrl-C), the pass keeps its progress in a hidden file beside FILE: --resume goes on.
+    """
+    from fvis import stats as activation_stats  # lazy: start-up time
+
+    loaded, scan = _scan(config, overrides, data, layers, batch, workers)
+    cfg = loaded.config
+    target = out_path or cfg.output.dir / f"{cfg.name}-stats.safetensors"
+    checkpoint = activation_stats.checkpoint_for(target)
+    with user_errors(), _new_file(target, force):
+        if checkpoint.is_file() and not resume:
+            note(f"note: {checkpoint}: an interrupted pass, started over (--resume goes on)")
+        with _image_progress("stats", len(scan.images), quiet) as progress:
+            result, outcome = activation_stats.gather(scan, checkpoint, resume, progress)
+        activation_stats.write(target, result, **_described(scan))
+        checkpoint.unlink(missing_ok=True)
+    _skipped(outcome.skipped)
+    for line in result.notes:
+        note(line)
+    table = Table(title=f"{target}: {result.images} images")
+    for column in ("layer", "channels", "positions", "rank", "mean std"):
+        table.add_column(column)
+    for name, layer in result.layers.items():
+        shape = (len(layer.mean), layer.positions, layer.rank)
+        table.add_row(name, *map(str, shape), f"{layer.std.mean():.4g}")
+    show(table)
+    say(str(target))
+
+
+@probe_app.command("train")
+def probe_train(
+    config: ConfigArg,
+    data: DataOption = None,
+    layers: LayersOption = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The file to write (default: output.dir/NAME-probe.safetensors).",
+            show_default=False,
+        ),
+    ] = None,
+    force: ReplaceOption = False,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            "--holdout",
+            min=0.0,
+            max=0.9,
+            help="Fraction of the labelled images held out to measure accuracy (drawn with "
+            "the config's seed).",
+        ),
+    ] = 0.2,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            "--epochs",
+            min=1,
+            max=100_000,
+            help="Most L-BFGS iterations (each over every training image at once).",
+        ),
+    ] = 500,
+    l2: Annotated[
+        float,
+        typer.Option(
+            "--l2",
+            min=0.0,
+            help="Weight decay: l2/2 x the squared weights (on standardized features) joins "
+            "the loss.",
+        ),
+    ] = 1e-3,
+    batch: BatchOption = 64,
+    workers: WorkersOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a linear probe per layer on its pooled activations.
+
+    Which class an image is, by multinomial logistic regression on the layer's activations
+    averaged over positions (one vector per image), trained full-batch by L-BFGS on the
+    labelled images (class = sub-folder or zoo label; unlabelled ones are left out); its
+    accuracy is measured on a held-out fraction. Writes LAYER.weight [K, C] and LAYER.bias [K],
+    which apply to raw pooled activations: weights for activation_weights and facet (key:
+    LAYER.weight, index: CLASS). No --resume: an interrupted run starts over.
+    """
+    from fvis import probe  # lazy: start-up time
+
+    loaded, scan = _scan(config, overrides, data, layers, batch, workers)
+    cfg = loaded.config
+    target = out_path or cfg.output.dir / f"{cfg.name}-probe.safetensors"
+    with user_errors(), _new_file(target, force):
+        with _image_progress("probe", len(scan.images), quiet) as progress:
+            pooled, outcome = probe.gather(scan, progress)
+        probes = probe.train(pooled, scan.images.classes, holdout, cfg.seed, l2, epochs)
+        extra = {"holdout": holdout, "seed": cfg.seed, "l2": l2}
+        probe.write(target, probes, **_described(scan), **extra)
+    _skipped(outcome.skipped)
+    for line in probes.notes:
+        note(line)
+    title = (
+        f"{target}: {len(probes.classes)} classes, {probes.train_images} training and "
+        f"{probes.heldout_images} held-out images"
+    )
+    table = Table(title=title)
+    for column in ("layer", "channels", "train", "held-out", "iterations"):
+        table.add_column(column)
+    for name, layer in probes.layers.items():
+        held = "-" if layer.heldout is None else f"{100 * layer.heldout:.1f} %"
+        channels = str(layer.fit.weight.shape[1])
+        iterations = str(layer.fit.iterations)
+        table.add_row(name, channels, f"{100 * layer.train:.1f} %", held, iterations)
+    show(table)
+    say(str(target))
 
 
 @zoo_app.command("list")

@@ -12,7 +12,7 @@ tree would hold, so both spellings are validated and compiled by the same code:
     arg     := [NAME "="] value
     value   := NUMBER | NAME | STRING | "[" [value ("," value)*] "]" | expr-call
                | "{" [NAME ":" value ("," NAME ":" value)*] "}"
-               | file(STRING [, STRING]) | random(NUMBER) | image(STRING)
+               | file(STRING [, STRING]) | random(NUMBER) | image(STRING [, NAME])
 
 Positional arguments follow each kind's order (its schema class's `positional`, passed in as
 `kinds`); `weight=` and `batch=` work in every call; a mapping is written as in YAML's flow
@@ -40,7 +40,9 @@ MAX_DEPTH = 64
 # The most digits an integer may have (a seed has at most 20).
 MAX_INT_DIGITS = 100
 
-VALUE_CALLS = {"file", "random", "image"}
+# The tensor spellings written as calls, with their arguments' keys in order: file('v.pt', 'dir')
+# is {file: v.pt, key: dir}, image('cat.png', conv2) the activations of cat.png at conv2.
+VALUE_CALLS = {"file": ("file", "key"), "random": ("random",), "image": ("image", "layer")}
 
 TOKEN = re.compile(
     r"\s*(?:(?P<number>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
@@ -276,15 +278,19 @@ class _Parser:
         return out
 
     def value_call(self) -> dict[str, Any]:
-        name = self.take().text
+        token = self.take()
+        keys = VALUE_CALLS[token.text]
         self.expect("op", "(")
         args = [self.value()]
         while self.accept(","):
             args.append(self.value())
         self.expect("op", ")")
-        if name == "file":
-            return {"file": args[0], **({"key": args[1]} if len(args) > 1 else {})}
-        return {name: args[0]}
+        if len(args) > len(keys):
+            raise ExpressionError(
+                f"{token.text}() at column {token.column} takes {' and '.join(keys)}: at most "
+                f"{len(keys)}, got {len(args)} arguments"
+            )
+        return dict(zip(keys, args, strict=False))
 
 
 def _number(token: Token) -> int | float:

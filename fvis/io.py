@@ -43,6 +43,15 @@ def resolve(base: Path, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- reading
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def image_files(folder: Path, pattern: str = "**/*") -> list[Path]:
+    """The image files (by suffix) under `folder` that match a glob `pattern`, sorted."""
+    return sorted(
+        p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
 
 def read_image(
     path: Path,

@@ -72,10 +72,34 @@ Params = dict[str, Tensor]
 GradientHook = Callable[[Tensor], Tensor | None]
 
 
-def color_matrix(sqrt_cov: Sequence[Sequence[float]]) -> torch.Tensor:
+# The largest condition number a colour matrix from a file may have: its inverse maps an init
+# image and maco's spectrum into the decorrelated space, and the data of a matrix past this
+# (a covariance whose eigenvalues differ by 10^8) is all but grey: nothing to decorrelate.
+MAX_COLOR_CONDITION = 1e4
+
+ColorRoot = Sequence[Sequence[float]] | Tensor
+
+
+def color_matrix(sqrt_cov: ColorRoot) -> torch.Tensor:
     """The colour-covariance square root normalized so that its largest column norm is 1."""
-    m = torch.tensor(sqrt_cov, dtype=torch.float32)
+    m = torch.as_tensor(sqrt_cov, dtype=torch.float32)
     return m / m.norm(dim=0).max()
+
+
+def check_color_root(m: Tensor) -> None:
+    """A colour-covariance square root from a file (`fvis.zoo.stats.color_correlation_sqrt`'s
+    form) must be a finite, invertible 3x3 matrix; a ValueError says what this one is not."""
+    if tuple(m.shape) != (3, 3):
+        raise ValueError(f"the colour matrix must be [3, 3], got {list(m.shape)}")
+    if not torch.isfinite(m).all():
+        raise ValueError("the colour matrix holds NaN or infinite values")
+    condition = torch.linalg.cond(m.double()).item()
+    if not condition <= MAX_COLOR_CONDITION:  # NaN (a zero matrix) included
+        raise ValueError(
+            f"the colour matrix is singular or nearly (condition number {condition:.3g}, at "
+            f"most {MAX_COLOR_CONDITION:g}): its data's colours vary along fewer than 3 "
+            "directions"
+        )
 
 
 class ImageParam(nn.Module):
@@ -638,7 +662,7 @@ def build_param(
     spec: Param,
     size: tuple[int, int],
     channels: int,
-    color_sqrt: Sequence[Sequence[float]] | None,
+    color_sqrt: ColorRoot | None,
     streams: Sequence[torch.Generator],
     *,
     base: Path | None = None,
@@ -647,12 +671,15 @@ def build_param(
 ) -> ImageParam:
     """The parameterization a spec names, initialized, with its gradient hooks.
 
-    Decorrelation applies to 3-channel images only. `base` is the folder relative `init` and
-    `spectrum` paths start from; `preconditioning` filters the image gradient; `transparency`
-    accumulates the absolute image gradient for transparency maps.
+    Decorrelation applies to 3-channel images only, with `color_sqrt` (the root of the colour
+    covariance: the model's, or `decorrelate`'s file's, read by the caller) or ImageNet's where
+    None. `base` is the folder relative `init` and `spectrum` paths start from;
+    `preconditioning` filters the image gradient; `transparency` accumulates the absolute image
+    gradient for transparency maps.
     """
     base = base or Path()
-    color = color_matrix(color_sqrt or IMAGENET_COLOR_SQRT) if spec.decorrelate else None
+    root = IMAGENET_COLOR_SQRT if color_sqrt is None else color_sqrt
+    color = None if spec.decorrelate is False else color_matrix(root)
     if color is not None and channels != 3:
         raise ValueError(f"decorrelate needs 3 channels, the image has {channels}")
     param: ImageParam

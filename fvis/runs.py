@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,32 @@ OUTPUTS = re.compile(
 """The files fvis writes in a run folder (render and attribute): the only ones --force removes."""
 MARKERS = ("run.json", "attribution.json")
 """A folder holding one of these is a run folder, which --force may clear."""
-FVIS_FILES = (*MARKERS, CHECKPOINT, "sweep.json")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of folder a command writes whole, and `claim` with --force clears: its name in
+    messages, the files that mark one (the first named in messages), the files it writes (a
+    pattern on paths relative to it, at most one sub-folder deep) and its checkpoint."""
+
+    noun: str
+    markers: tuple[str, ...]
+    outputs: re.Pattern[str]
+    checkpoint: str
+
+
+RUN = Kind("run folder", MARKERS, OUTPUTS, CHECKPOINT)
+EXAMPLES = Kind(
+    "examples folder",
+    ("examples.json", ".examples.partial.safetensors"),
+    re.compile(
+        r"examples\.json|examples\.safetensors|\.examples\.partial\.safetensors"
+        r"|[^/]+/unit_\d+\.png"
+    ),
+    ".examples.partial.safetensors",
+)
+"""`fvis examples`' folder: its index, tensors, checkpoint, and a sheet folder per layer."""
+FVIS_FILES = (*MARKERS, CHECKPOINT, "sweep.json", *EXAMPLES.markers)
 """A folder holding one of these is one fvis wrote: a run folder, or a sweep's (sweep.INDEX)."""
 UNCOMPARED = (("name",), ("output", "dir"), ("output", "cell"))
 """Config paths a resume may change: where the outputs go and the grid's cell size change no
@@ -119,29 +145,47 @@ def _remove_temporaries(folder: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def claim(folder: Path, force: bool) -> None:
+def claim(folder: Path, force: bool, kind: Kind | None = None) -> None:
     """Make a folder held with `locked` ready for a new run: it must be empty (but for the
-    lock), or, with `force`, a run folder (run.json or attribution.json), from which every file
-    fvis writes (OUTPUTS) is removed, checkpoint first and run.json last; anything else in it is
-    left alone, and nothing outside it is touched."""
+    lock), or, with `force`, a folder of that `kind` (default: a run folder, holding run.json or
+    attribution.json), from which every file fvis writes (its outputs) is removed, checkpoint
+    first and markers last, then the sub-folders they leave empty; anything else in it is left
+    alone, and nothing outside it is touched."""
+    kind = kind or RUN
     entries = [path for path in folder.iterdir() if path.name != LOCK]
     if not entries:
         return
-    if not any((folder / marker).is_file() for marker in MARKERS):
+    if not any((folder / marker).is_file() for marker in kind.markers):
+        article = "an" if kind.noun[0] in "aeiou" else "a"
         raise UserError(
-            f"{folder}: not empty and not a run folder (no run.json); choose a new or empty "
-            "folder with --out DIR"
+            f"{folder}: not empty and not {article} {kind.noun} (no {kind.markers[0]}); choose a "
+            "new or empty folder with --out DIR"
         )
     if not force:
-        raise UserError(f"{folder}: run folder exists; pass --force to overwrite it or --out DIR")
-    ours = [p for p in entries if OUTPUTS.fullmatch(p.name) and (p.is_file() or p.is_symlink())]
-    for path in sorted(ours, key=lambda p: (p.name in MARKERS, p.name != CHECKPOINT)):
+        raise UserError(f"{folder}: {kind.noun} exists; pass --force to overwrite it or --out DIR")
+    ours = [p for p in _files(entries) if kind.outputs.fullmatch(p.relative_to(folder).as_posix())]
+    top = set(kind.markers)
+    for path in sorted(ours, key=lambda p: (p.name in top, p.name != kind.checkpoint)):
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise UserError(
                 f"{path}: cannot remove it to replace the run ({exc.strerror})"
             ) from None
+    for sub in {path.parent for path in ours} - {folder}:
+        with suppress(OSError):
+            sub.rmdir()
+
+
+def _files(entries: list[Path]) -> Iterator[Path]:
+    """The files (and links) among `entries`, and those in the sub-folders among them (links to
+    folders are not followed)."""
+    for path in entries:
+        if path.is_file() or path.is_symlink():
+            yield path
+        elif path.is_dir():
+            with suppress(OSError):
+                yield from (p for p in path.iterdir() if p.is_file() or p.is_symlink())
 
 
 def _make_folder(folder: Path) -> Path | None:

@@ -17,15 +17,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor
 
-from fvis.io import read_image, write_atomic
+from fvis.io import IMAGE_SUFFIXES, image_files, read_image, write_atomic
 
 FORMAT = "fvis-spectrum-1"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under `folder` (recursively), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def cross_power(images: Tensor) -> Tensor:

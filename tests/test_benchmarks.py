@@ -59,3 +59,61 @@ def test_bench_startup_table_replaces_only_its_own_section(tmp_path: Path) -> No
     newer = bench.startup_section({name: {"seconds": 2.0, "peak_mb": 200.0} for name in figures})
     followed = bench.replace_section(once + "\n## later\n\nkept\n", newer)
     assert followed == others + "\n" + "\n".join(newer) + "\n\n## later\n\nkept\n"
+
+
+def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
+    tmp_path: Path,
+) -> None:
+    import math
+
+    import pytest
+
+    quality = _script("quality")
+    transfer = quality.transfer_network() if quality.TRANSFER.is_file() else None
+    rows, columns = quality.run(
+        [64], ["classes"], {"fvis": [2]}, [0], transfer, items=[0, 7], renderer=quality.render
+    )
+    (only,) = rows
+    absent = {"green", "blue", "diversity"}  # classes 0 and 7 (red) only, one seed
+    absent |= {"top1", "probability"} if transfer is None else set()
+    for key, *_ in quality.MEASURES:
+        assert (only[key] is None) == (key in absent), key
+        assert key in absent or math.isfinite(only[key]), (key, only[key])
+    assert [label for label, _ in columns[64]] == ["fvis 2 steps"]
+    sheet = quality.picture(columns[64], ["stripes_0", "red"])
+    images = columns[64][0][1]
+    assert quality.diversity([images]) is None and quality.diversity([images, images]) == 0
+    assert quality.diversity([images, images, images.flip(-1)]) > 0
+    assert sheet.size == (90 + 130, 16 + 2 * 130)
+
+    def made(tool: str, steps: int, target: str, **changes: float) -> dict:
+        base = {key: 0.5 for key, *_ in quality.MEASURES}
+        base.update(high_frequency=0.02, seconds=steps / 10)
+        return {"tool": tool, "size": 64, "steps": steps, "target": target, **base, **changes}
+
+    table = [
+        made("lucent", 512, "classes"),
+        made("fvis", 64, "classes", high_frequency=0.03),
+        made("fvis", 128, "classes", objective=0.504),  # ties at the table's precision
+        made("fvis", 256, "classes", saturation=0.9),
+        made("lucent", 512, "conv3"),
+        made("fvis", 64, "conv3", saturation=0.4),
+        made("fvis", 128, "conv3", high_frequency=0.021, diversity=0.6),
+    ]
+    classes, conv3 = quality.quality_per_second(table)
+    assert "at **128 steps** (12.8 s, 0.25x lucent's time, 0.25x its steps)" in classes
+    assert "**none**" in conv3
+    assert "at 64 steps saturation 0.400 vs 0.500" in conv3
+    assert "at 128 steps HF share 0.0210 vs 0.0200" in conv3
+    text = quality.document(table, {64: "quality-64.png"}, "python x", 60.0, [0], False)
+    assert "![64 px: lucent | fvis](quality-64.png)" in text and classes in text
+    pytest.importorskip("lucent")
+    images, seconds = quality.lucent_render("conv3", 64, 2, 0, [0, 1])
+    assert images.shape == (2, 3, 64, 64) and seconds > 0
+
+
+def test_data_bench_measures_both_sides_of_a_tiny_pass() -> None:
+    data = _script("data")
+    assert data.forward(20)["seconds"] > 0
+    measured = data.examples(20)
+    assert measured["seconds"] > 0 and measured["write"] > 0

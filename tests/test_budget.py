@@ -157,7 +157,9 @@ def test_a_grid_too_large_to_read_back_is_refused(cli, write_config, workdir: Pa
 
 @pytest.mark.parametrize(
     "path",
-    sorted([*CONFIGS.glob("*.yaml"), *CONFIGS.glob("objectives/*.yaml")]),
+    sorted(
+        [*CONFIGS.glob("*.yaml"), *CONFIGS.glob("objectives/*.yaml"), *CONFIGS.glob("data/*.yaml")]
+    ),
     ids=lambda p: p.name,
 )
 def test_the_example_configs_need_little(path: Path) -> None:

@@ -23,6 +23,9 @@ COMMANDS = [
     "compare",
     "zoo list",
     "zoo train",
+    "examples",
+    "stats",
+    "probe train",
 ]
 
 

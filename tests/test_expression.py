@@ -94,6 +94,9 @@ def test_the_string_and_the_tree_validate_to_the_same_config() -> None:
         ("layer(a) ^ layer(b)", "the exponent must be a number"),
         ("layer(a, b)", "layer() takes at most 1 positional arguments"),
         ("layer(a) $", "unexpected '$' at column 10"),
+        ("cosine(a, random(3, 4))", "random() at column 11 takes random: at most 1, got 2"),
+        ("cosine(a, image('x.png', b, c))", "image() at column 11 takes image and layer: at"),
+        ("cosine(a, file('v.pt', 'k', 2))", "file() at column 11 takes file and key: at most 2"),
     ],
 )
 def test_syntax_errors(text: str, message: str) -> None:

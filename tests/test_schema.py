@@ -182,6 +182,9 @@ SHORTHANDS = {
     "param: no kind is fft": (RENDER_SCHEMA, {"param": {"size": 64, "decay": 1.5}}),
     "model: no source is zoo": (RENDER_SCHEMA, {"model": {"name": "shapes"}}),
     "blur sigma: one number": (RENDER_SCHEMA, {"transforms": [{"kind": "blur", "sigma": 1.5}]}),
+    "decorrelate: a file name": (RENDER_SCHEMA, {"param": {"decorrelate": "stats.safetensors"}}),
+    "data: the short form": (RENDER_SCHEMA, {"data": "zoo:shapes:500"}),
+    "data: a folder": (RENDER_SCHEMA, {"data": "photos/**/*.jpg"}),
     "inputs: one path": (
         ATTRIBUTION_SCHEMA,
         {"inputs": "a.png", "methods": [{"kind": "saliency"}]},

@@ -75,7 +75,9 @@ def test_renders_of_one_class_differ_across_items_and_seeds() -> None:
     assert (base - other).abs().mean().item() > 0.05
 
 
-RENDER_CONFIGS = sorted([*CONFIGS.glob("*.yaml"), *CONFIGS.glob("objectives/*.yaml")])
+RENDER_CONFIGS = sorted(
+    [*CONFIGS.glob("*.yaml"), *CONFIGS.glob("objectives/*.yaml"), *CONFIGS.glob("data/*.yaml")]
+)
 
 
 @pytest.mark.parametrize("path", RENDER_CONFIGS, ids=lambda p: p.name)

@@ -172,3 +172,14 @@ LayerName = Annotated[
     ),
     _CHILD_INDEX,
 ]
+
+
+class TensorFile(Node):
+    """A tensor from a file: .pt/.pth (weights_only), .npy or .safetensors. Shared by the
+    objectives (vectors, weights, transforms) and `param.decorrelate` (a colour matrix)."""
+
+    file: FilePath = Field(description="The file; relative paths are from the config's folder.")
+    key: str | None = Field(None, description="Entry to take from a dict or .safetensors file.")
+    index: int | None = Field(
+        None, ge=0, description="Row to take, e.g. one class's row of a classifier's weights."
+    )

@@ -4,7 +4,7 @@ as one `file:line: yaml.path: message` line."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +33,8 @@ SELF_ALIAS = "a YAML alias inside the list or mapping it names: it nests without
 
 @dataclass
 class Source:
-    """Where a config came from: the file, the line of every YAML path, the --set overrides."""
+    """Where a config came from: the file, the line of every YAML path, and the options that
+    replaced values (`--set a.b=1`, `--data zoo:shapes`), as messages quote them."""
 
     path: Path
     lines: dict[YamlPath, int] = field(default_factory=dict)
@@ -47,10 +48,10 @@ class Source:
         if loc and loc not in self.lines:
             below = [item for place, item in self.overrides.items() if place[: len(loc)] == loc]
             if below:
-                return f"{self.path}: --set {below[0]}: {dotted}"
+                return f"{self.path}: {below[0]}: {dotted}"
         for n in range(len(loc), -1, -1):
             if loc[:n] in self.overrides:
-                return f"{self.path}: --set {self.overrides[loc[:n]]}: {dotted}"
+                return f"{self.path}: {self.overrides[loc[:n]]}: {dotted}"
             if loc[:n] in self.lines:
                 return f"{self.path}:{self.lines[loc[:n]]}: {dotted}"
         return f"{self.path}: {dotted}"
@@ -84,22 +85,34 @@ def dotted_path(loc: YamlPath) -> str:
     return out
 
 
-def load_config(path: Path, overrides: Sequence[str] = ()) -> Loaded:
-    """Read, parse and validate a render config, applying `--set a.b=value` overrides."""
-    config, source = validate_file(path, Config, overrides)
+def load_config(
+    path: Path, overrides: Sequence[str] = (), options: Mapping[str, tuple[str, Any]] | None = None
+) -> Loaded:
+    """Read, parse and validate a render config, applying `--set a.b=value` overrides, then
+    `options`: top-level keys set by a command's own flags, as {key: (flag, value)}, e.g.
+    {"data": ("--data", "zoo:shapes")} (the value is taken as given, not parsed as YAML)."""
+    config, source = validate_file(path, Config, overrides, options)
     if config.name is None:
         config = config.model_copy(update={"name": _default_name(path)})
     return Loaded(config, source)
 
 
-def validate_file(path: Path, schema: type[M], overrides: Sequence[str] = ()) -> tuple[M, Source]:
+def validate_file(
+    path: Path,
+    schema: type[M],
+    overrides: Sequence[str] = (),
+    options: Mapping[str, tuple[str, Any]] | None = None,
+) -> tuple[M, Source]:
     """Any YAML file validated against a schema; every error reported as `file:line: path: msg`."""
     source = Source(path)
     data = _read_yaml(path, source)
     for item in overrides:
         loc, value = _parse_override(path, item)
         _apply_override(path, data, loc, value)
-        source.overrides[loc] = _shown(item)
+        source.overrides[loc] = f"--set {_shown(item)}"
+    for key, (flag, value) in (options or {}).items():
+        data[key] = value
+        source.overrides[(key,)] = _shown(f"{flag} {value}")
     try:
         return schema.model_validate(data), source
     except ValidationError as exc:

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Un
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, GetCoreSchemaHandler, Tag
 
-from fvis.config.base import EntryPoint, FilePath, Indices, LayerName, Node, Shorthand, Tagged
+from fvis.config.base import (
+    EntryPoint,
+    FilePath,
+    Indices,
+    LayerName,
+    Node,
+    Shorthand,
+    Tagged,
+    TensorFile,
+)
 from fvis.expression import parse_expression
 
 M = TypeVar("M", bound=BaseModel)
@@ -207,16 +216,6 @@ class DeepDreamObjective(ObjectiveNode):
     layer: LayerName
 
 
-class TensorFile(Node):
-    """A tensor from a file: .pt/.pth (weights_only), .npy or .safetensors."""
-
-    file: FilePath = Field(description="The file; relative paths are from the config's folder.")
-    key: str | None = Field(None, description="Entry to take from a dict or .safetensors file.")
-    index: int | None = Field(
-        None, ge=0, description="Row to take, e.g. one class's row of a classifier's weights."
-    )
-
-
 class RandomTensor(Node):
     """A standard-normal random tensor from a seed, shaped to fit the layer."""
 
@@ -227,9 +226,13 @@ class RandomTensor(Node):
 
 
 class ImageTarget(Node):
-    """The activations an image produces at the layer (resized to the render's size)."""
+    """The activations an image produces at a layer (resized to the render's size, through the
+    model's preprocessing): as a direction, their mean over positions (a caricature)."""
 
     image: FilePath = Field(description="Image file; relative paths are from the config's folder.")
+    layer: LayerName | None = Field(
+        None, description="The layer whose activations are taken; default the objective's own."
+    )
 
 
 FORMS: dict[str, type[Node]] = {"file": TensorFile, "random": RandomTensor, "image": ImageTarget}
@@ -265,7 +268,8 @@ TensorSpec = Annotated[
     _spelled("file", "random"),
     Field(description="Inline numbers (nested lists), {file: ..., key: ...} or {random: SEED}."),
 ]
-# What an inversion reproduces: a tensor, or the activations of an image.
+# A tensor, or the activations of an image: what an inversion reproduces, a direction (their
+# mean over positions: a caricature), a tensor direction (all of them).
 TargetSpec = Annotated[
     Annotated[list[Any], Tag("[numbers]")]
     | Annotated[TensorFile, Tag("{file}")]
@@ -279,7 +283,11 @@ class DirectionalNode(ObjectiveNode):
     """Fields shared by the direction family."""
 
     layer: LayerName
-    vector: TensorSpec
+    vector: TargetSpec = Field(
+        description="Inline numbers (nested lists), {file: ..., key: ...}, {random: SEED}, or "
+        "{image: FILE, layer: L}: the image's activations at L (default the objective's layer) "
+        "averaged over positions (a caricature)."
+    )
     transform: TensorSpec | None = Field(
         None,
         description="Matrix M [D, C] applied to activations and vector before comparing them, "
@@ -378,7 +386,11 @@ class TensorDirectionObjective(ObjectiveNode):
     positional = ("layer", "tensor")
     builds = "fvis.objectives.direction:TensorDirection"
     layer: LayerName
-    tensor: TensorSpec
+    tensor: TargetSpec = Field(
+        description="A [C, h, w] tensor: inline numbers, {file: ..., key: ...}, {random: SEED, "
+        "shape: [C, h, w]}, or {image: FILE, layer: L}: the image's [C, H, W] activations at L "
+        "(default the objective's layer), a spatially aligned caricature."
+    )
     cossim_pow: float = _cossim_pow(0.0)
     floor: float = _floor()
 
@@ -416,7 +428,8 @@ class L2InversionObjective(ObjectiveNode):
     builds = "fvis.objectives.direction:L2Inversion"
     layer: LayerName
     target: TargetSpec = Field(
-        description="The activation to reproduce: a tensor, or {image: FILE}."
+        description="The activation to reproduce: a tensor, or {image: FILE, layer: L} (the "
+        "image's activations at L, default the objective's layer)."
     )
 
 

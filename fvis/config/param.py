@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    Field,
-)
+from pydantic import Discriminator, Field, Tag
 
-from fvis.config.base import FilePath, Node, Size, Tagged
+from fvis.config.base import FilePath, Node, Shorthand, Size, Tagged, TensorFile
+
+# The key `fvis stats` writes the colour matrix under, read when `decorrelate: {file}` names none.
+COLOR_KEY = "color_correlation"
+
+
+def _decorrelation_form(value: Any) -> str | None:
+    """`bool` or `{file}`: the spelling of `decorrelate`, so that a mistake is reported once, in
+    that spelling's terms."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return "bool"
+    if isinstance(value, dict | TensorFile):
+        return "{file}"
+    return None
+
+
+def _file_name(value: Any) -> Any:
+    """A file name alone means {file: NAME}."""
+    return {"file": value} if isinstance(value, str) else value
+
+
+Decorrelation = Annotated[
+    Annotated[bool, Tag("bool")] | Annotated[TensorFile, Tag("{file}")],
+    Discriminator(
+        _decorrelation_form,
+        custom_error_type="decorrelate",
+        custom_error_message="expected true, false, a file name or {file: ..., key: ...}",
+    ),
+    Shorthand(
+        _file_name,
+        "A file name: {file: NAME}, its matrix under the key color_correlation.",
+        {"type": "string", "minLength": 1},
+    ),
+]
 
 
 class ParamNode(Node):
@@ -21,10 +52,12 @@ class ParamNode(Node):
     channels: int | None = Field(
         None, ge=1, le=64, description="Image channels; default the model's input channels."
     )
-    decorrelate: bool = Field(
+    decorrelate: Decorrelation = Field(
         True,
-        description="Optimize in a decorrelated colour space (3-channel images only); uses the "
-        "model's colour statistics when it has them, ImageNet's otherwise.",
+        description="Optimize in a decorrelated colour space (3-channel images only). true: the "
+        "model's colour statistics when it has them, ImageNet's otherwise; {file: ..., key: ...} "
+        "(or a file name): a 3x3 colour-correlation root from a file (`fvis stats` writes one "
+        "under the key color_correlation, the default key).",
     )
     squash: Literal["sigmoid", "clamp"] = Field(
         "sigmoid", description="How values are mapped to the valid [0, 1] range."

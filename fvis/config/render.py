@@ -9,6 +9,7 @@ from pydantic import (
 )
 
 from fvis.config.base import ModulePath, Node
+from fvis.config.data import DataSpec
 from fvis.config.model import ModelSpec, ZooModelSpec
 from fvis.config.objective import (
     ClassLogitObjective,
@@ -56,3 +57,8 @@ class Config(Node):
     )
     optim: OptimSpec = Field(default_factory=OptimSpec, description="The optimizer.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs.")
+    data: DataSpec | None = Field(
+        None,
+        description="Images to run the model over (fvis examples, stats, probe train; --data "
+        "overrides it).",
+    )

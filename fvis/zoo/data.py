@@ -270,3 +270,33 @@ def generate(n: int, seed: int, device: str | torch.device = "cpu") -> tuple[Ten
     generator = torch.Generator().manual_seed(seed)
     images, labels = sample(n, generator)
     return images.to(device), labels.to(device)
+
+
+MAX_IMAGES = 10_000_000
+_SPREAD = 10_000_019  # a prime above MAX_IMAGES
+
+
+def _stream(seed: int, offset: int) -> int:
+    """A generator seed for one draw of dataset `seed`: torch's CPU generator keeps 32 bits of
+    its seed, so the draws of one dataset (images at offsets below MAX_IMAGES, label blocks at
+    2**31 and above) are given distinct 32-bit seeds, and datasets of nearby seeds disjoint
+    ranges of them."""
+    return (seed * _SPREAD + offset) % (1 << 32)
+
+
+def label(seed: int, index: int) -> int:
+    """The class of image ``index`` of the dataset drawn from ``seed`` (see `image`)."""
+    block = torch.Generator().manual_seed(_stream(seed, (1 << 31) + index // len(CLASSES)))
+    return int(torch.randperm(len(CLASSES), generator=block)[index % len(CLASSES)])
+
+
+def image(seed: int, index: int) -> Tensor:
+    """Image ``index`` of the dataset drawn from ``seed``: ``[3, 64, 64]`` in [0, 1].
+
+    A pure function of ``(seed, index)`` (each image has its own generator), so a dataset of any
+    size can be read in any order, by several workers, and resumed anywhere. Its class is
+    `label(seed, index)`: the classes run through a shuffled permutation every ten images, so
+    every block of ten holds each class once. ``index`` must be below `MAX_IMAGES`.
+    """
+    own = torch.Generator().manual_seed(_stream(seed, index))
+    return generate_class(label(seed, index), 1, own)[0]

@@ -34,7 +34,13 @@ def color_correlation_sqrt(images: Tensor) -> Tensor:
     """
     pixels = _pixels(images)
     centred = pixels - pixels.mean(0)
-    cov = centred.T @ centred / (pixels.shape[0] - 1)
+    return covariance_root(centred.T @ centred / (pixels.shape[0] - 1))
+
+
+def covariance_root(cov: Tensor) -> Tensor:
+    """`color_correlation_sqrt`'s root of a colour covariance ``[3, 3]`` given as such (float64),
+    e.g. one accumulated over a pass too large to hold (`fvis stats`): the scale of ``cov`` does
+    not matter, the root being normalized."""
     u, s, _ = torch.linalg.svd(cov)
     root = u * s.sqrt()
     largest = root.gather(0, root.abs().argmax(0, keepdim=True))

@@ -1,0 +1,708 @@
+"""The quality of fvis's pictures against torch-lucent's, each tool with its own defaults, on the
+built-in ShapesNet: is fvis's speed paid for in picture quality?
+
+Both tools render every class logit of `shapes` (`logits`, 10 items) and 16 channels each of
+`conv3` and `conv4`, at 64 and 224 px, at several step counts (each step count its own run from
+the first step, never a snapshot of a longer one), from three seeds.
+
+* fvis renders through its own API as its commands do, so that a default changed in fvis
+  (parameterization, transforms, learning rate) is measured without touching this script: the
+  classes as `fvis render configs/classes.yaml` (one batch of 10 items, item k maximizing class
+  k), the channels as `fvis sweep configs/objectives/channel.yaml --set objective.layer=conv3
+  --over objective.channel=0:16` (batched as the sweep batches them), with only `optim.steps`,
+  `param.size` and `seed` set (and `optim.thresholds` to the last step: no snapshot between,
+  which changes no pixel).
+* lucent renders with `render_vis` and its defaults: `param.image(size, batch=N)` (FFT,
+  decorrelated colour), `transform.standard_transforms`, Adam at 0.05, one batch whose item k
+  maximizes `objectives.channel(layer, k-th target, batch=k)`; the network is wrapped with
+  ShapesNet's dataset normalization (`preprocess=False`: lucent's own would apply ImageNet's).
+  `render_vis` resizes an image under 224 px to 224 px before the network (a habit of ImageNet
+  models); `fixed_image_size=0` turns that off, so that the network sees both tools' images at
+  their own scale, as lucent does at 224 px (`--lucent-upsample` keeps lucent's resize).
+  `torch.manual_seed` and `numpy.random.seed` (its transforms draw from numpy) take the seed.
+
+Measured on each final image, clean (no transforms), averaged over the items and the seeds:
+the objective through the same network (the intended logit, or the intended channel's mean
+activation), the high-frequency share (`fvis.zoo.quality.high_frequency_share`: power above
+1/3 cycle per pixel of the grey image), the mean HSV saturation, the share of pixels one
+channel dominates (`fvis.zoo.quality.colour_dominance`, summed over the three channels), on
+the class renders the dominance of the intended channel on the red, green and blue classes,
+the share whose class signature `fvis.zoo.quality.recover_class` recovers, and the transfer to
+an independently trained ShapesNet (`tests/assets/shapes-seed1.safetensors`, `fvis zoo train
+--seed 1`): its top-1 accuracy and mean probability of the intended class; across the seeds,
+the diversity (mean pairwise 1 - SSIM of one target's renders, `fvis.compare.ssim`); and the
+wall time of each render, in a process of its own.
+
+    python benchmarks/quality.py          # the full run: writes benchmarks/quality.md
+    python benchmarks/quality.py --quick  # 64 px, the classes, fvis 128 and 256 steps against
+                                          # lucent 512, one seed: 3 min on 2 busy CPU cores
+
+The full run (2 tools x 2 sizes x 4 step counts x 3 target sets x 3 seeds: 144 renders) is
+estimated at about four hours on 2 idle CPU cores, not measured: about 25 min for 64 px (from
+lucent's 29 s and fvis's 7.4 s for the ten classes at 512 and 256 steps, 16-item channel sets
+counted 1.6 times a class set, plus 5 s to start each process), and about 12 times that
+compute at 224 px. `--sizes`, `--steps`, `--targets` and `--seeds` restrict it. Other
+processes on the machine lengthen every time: the report gives the load average at the start
+and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+from safetensors.torch import load_file
+from torch import Tensor
+
+from fvis import zoo
+from fvis.compare import ssim
+from fvis.io import png_bytes, to_pil, write_atomic
+from fvis.zoo.net import ShapesNet
+from fvis.zoo.quality import colour_dominance, high_frequency_share, recover_class
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES_CONFIG = ROOT / "configs" / "classes.yaml"
+CHANNEL_CONFIG = ROOT / "configs" / "objectives" / "channel.yaml"
+TRANSFER = ROOT / "tests" / "assets" / "shapes-seed1.safetensors"
+SHAPES = zoo.MODELS["shapes"]
+CHANNELS = 16
+# target set: (layer, items rendered: class or channel indices)
+TARGETS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "classes": ("logits", tuple(range(len(SHAPES.classes)))),
+    "conv3": ("conv3", tuple(range(CHANNELS))),
+    "conv4": ("conv4", tuple(range(CHANNELS))),
+}
+COLOURS = ("red", "green", "blue")
+SIZES = (64, 224)
+STEPS = (64, 128, 256, 512)
+SEEDS = (0, 1, 2)
+TOOLS = ("lucent", "fvis")
+QUICK: dict[str, tuple[Any, ...]] = {
+    "sizes": (64,),
+    "targets": ("classes",),
+    "steps": (128, 256),
+    "lucent_steps": (512,),
+}
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# The table's measures: key, heading, format, True where higher is better (None: not quality).
+MEASURES: tuple[tuple[str, str, str, bool | None], ...] = (
+    ("objective", "objective", "{:.2f}", True),
+    ("high_frequency", "HF share", "{:.4f}", False),
+    ("saturation", "saturation", "{:.3f}", True),
+    ("dominated", "dominated", "{:.3f}", True),
+    *((c, f"{c} on {c}", "{:.3f}", True) for c in COLOURS),
+    ("recovered", "recovered", "{:.2f}", True),
+    ("top1", "transfer top-1", "{:.2f}", True),
+    ("probability", "transfer p", "{:.3f}", True),
+    ("diversity", "diversity", "{:.3f}", True),
+    ("seconds", "seconds", "{:.1f}", None),
+)
+Row = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- the networks
+
+
+class Normalized(ShapesNet):
+    """ShapesNet taking images in [0, 1]: the dataset normalization first, then the network
+    (its layer names stay top-level: `conv3`, `logits`, as lucent's hooks name them)."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, state: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.load_state_dict(state)
+        self.register_buffer("mean", torch.tensor(SHAPES.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(SHAPES.std).view(1, 3, 1, 1), persistent=False)
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward((x - self.mean) / self.std)
+
+
+def shapes_network() -> Normalized:
+    """The shipped `shapes` model (sha256-checked), normalized."""
+    return Normalized(zoo.load("shapes").state_dict())
+
+
+def transfer_network(path: Path = TRANSFER) -> Normalized:
+    """An independently trained ShapesNet (`fvis zoo train --seed N`), normalized."""
+    return Normalized(load_file(str(path)))
+
+
+# ----------------------------------------------------------------------------- the renders
+
+
+def fvis_render(
+    target: str, size: int, steps: int, seed: int, items: Sequence[int] | None = None
+) -> tuple[Tensor, float]:
+    """fvis's final images [N, 3, H, W] of `target`'s items, rendered as `fvis render
+    configs/classes.yaml` (classes) or `fvis sweep configs/objectives/channel.yaml` (channels)
+    render them with only steps, size and seed set, and the wall seconds of building the plans
+    and running them."""
+    from fvis import sweep
+    from fvis.build import build_plan
+    from fvis.config import load_config
+    from fvis.render import Renderer, Result
+
+    layer, indices = _items(target, items)
+    sets = [
+        f"optim.steps={steps}",
+        f"optim.thresholds=[{steps}]",
+        f"param.size={size}",
+        f"seed={seed}",
+    ]
+    start = time.perf_counter()
+    results: list[Result] = []
+    if target == "classes":
+        if list(indices) != list(TARGETS["classes"][1]):
+            sets += _class_subset(indices)
+        config = load_config(CLASSES_CONFIG, sets).config
+        results.append(Renderer(build_plan(config, CLASSES_CONFIG.parent)).run())
+    else:
+        sets.append(f"objective.layer={layer}")
+        over = [f"objective.channel={','.join(map(str, indices))}"]
+        found = sweep.expand(CHANNEL_CONFIG, sets, over)
+        batch = sweep.default_batch(found[0], CHANNEL_CONFIG.parent)
+        for part in sweep.groups(found, batch):
+            results.append(Renderer(build_plan(part[0].config, CHANNEL_CONFIG.parent, part)).run())
+    _sync()
+    seconds = time.perf_counter() - start
+    for result in results:
+        if result.failure:
+            raise RuntimeError(f"fvis {target} {size} px {steps} steps: {result.failure}")
+    return torch.cat([r.final.images for r in results]).float().cpu(), seconds
+
+
+def _class_subset(indices: Sequence[int]) -> list[str]:
+    """`--set`s rendering only the classes `indices` of configs/classes.yaml, one per item."""
+    terms = yaml.safe_load(CLASSES_CONFIG.read_text())["objective"]["terms"]
+    by_class = {term["index"]: term for term in terms}
+    chosen = [{**by_class[c], "batch": k} for k, c in enumerate(indices)]
+    return [f"objective.terms={json.dumps(chosen)}", f"param.batch={len(indices)}"]
+
+
+def lucent_render(
+    target: str,
+    size: int,
+    steps: int,
+    seed: int,
+    items: Sequence[int] | None = None,
+    upsample: bool = False,
+) -> tuple[Tensor, float]:
+    """lucent's final images [N, 3, H, W] of `target`'s items, one batch, with lucent's
+    defaults, and the wall seconds of building the network and running `render_vis`."""
+    import numpy as np
+    from lucent.optvis import objectives, param, render, transform
+
+    layer, indices = _items(target, items)
+    state = zoo.load("shapes").state_dict()
+    start = time.perf_counter()
+    # A fresh network each time: lucent hooks every module of the model it renders and never
+    # removes the hooks.
+    model = Normalized(state).to(DEVICE)
+    objective = objectives.Objective.sum(
+        [objectives.channel(layer, index, batch=k) for k, index in enumerate(indices)]
+    )
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    images = render.render_vis(
+        model,
+        objective,
+        param_f=lambda: param.image(size, batch=len(indices)),
+        transforms=transform.standard_transforms,
+        thresholds=(steps,),
+        preprocess=False,
+        progress=False,
+        show_image=False,
+        fixed_image_size=None if upsample else 0,  # 0: no resize (render_vis tests `if new_size`)
+    )
+    _sync()
+    seconds = time.perf_counter() - start
+    return torch.from_numpy(images[-1]).permute(0, 3, 1, 2).float().contiguous(), seconds
+
+
+def _items(target: str, items: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+    """The layer of `target` and the class or channel indices rendered (default all)."""
+    layer, indices = TARGETS[target]
+    return layer, tuple(indices if items is None else items)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def render(
+    tool: str,
+    target: str,
+    size: int,
+    steps: int,
+    seed: int,
+    items: Sequence[int] | None = None,
+    upsample: bool = False,
+) -> tuple[Tensor, float]:
+    """One tool's render of one target set, in this process."""
+    if tool == "fvis":
+        return fvis_render(target, size, steps, seed, items)
+    return lucent_render(target, size, steps, seed, items, upsample)
+
+
+def render_alone(
+    tool: str,
+    target: str,
+    size: int,
+    steps: int,
+    seed: int,
+    items: Sequence[int] | None = None,
+    upsample: bool = False,
+) -> tuple[Tensor, float]:
+    """`render(...)` in a fresh process, so that its time is its own."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "images.pt"
+        spec = {
+            "tool": tool,
+            "target": target,
+            "size": size,
+            "steps": steps,
+            "seed": seed,
+            "items": None if items is None else list(items),
+            "upsample": upsample,
+            "out": str(out),
+        }
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            what = f"{tool} {target} {size} px {steps} steps seed {seed}"
+            raise SystemExit(f"{what} failed:\n{done.stderr.strip()[-2000:]}")
+        seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+        return torch.load(out, weights_only=True), seconds
+
+
+def _one(spec: dict[str, Any]) -> None:
+    """The child of `render_alone`: render, save the images, print the seconds."""
+    out = Path(spec.pop("out"))
+    # What any first optimizer pays once in a process (Adam imports torch._dynamo, seconds on
+    # a busy CPU), paid before the clock starts.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    images, seconds = render(**spec)
+    torch.save(images, out)
+    print(json.dumps({"seconds": seconds}))
+
+
+# ----------------------------------------------------------------------------- the measures
+
+
+@torch.no_grad()
+def objective_values(
+    network: Normalized, images: Tensor, target: str, items: Sequence[int] | None = None
+) -> list[float]:
+    """Per item, the objective on its clean image: the intended class's logit, or the intended
+    channel's activation averaged over positions."""
+    layer, indices = _items(target, items)
+    captured: dict[str, Tensor] = {}
+    module = network.get_submodule(layer)
+    hook = module.register_forward_hook(lambda _m, _i, output: captured.update(out=output))
+    try:
+        network(images)
+    finally:
+        hook.remove()
+    out = captured["out"]
+    values = [out[k, index] for k, index in enumerate(indices)]
+    return [float(v.mean()) for v in values]
+
+
+def saturation(image: Tensor) -> float:
+    """Mean HSV saturation (max - min) / max of a [3, H, W] image in [0, 1] (0 where black)."""
+    high, low = image.amax(0), image.amin(0)
+    return float(torch.where(high > 0, (high - low) / high.clamp_min(1e-12), 0.0).mean())
+
+
+def measure_images(
+    images: Tensor,
+    target: str,
+    network: Normalized,
+    transfer: Normalized | None,
+    items: Sequence[int] | None = None,
+) -> dict[str, list[float]]:
+    """Every per-item measure of one render (the seed-wise ones, diversity and time, aside)."""
+    _, indices = _items(target, items)
+    shares = [colour_dominance(img) for img in images]
+    found: dict[str, list[float]] = {
+        "objective": objective_values(network, images, target, items),
+        "high_frequency": [high_frequency_share(img) for img in images],
+        "saturation": [saturation(img) for img in images],
+        "dominated": [sum(share.values()) for share in shares],
+    }
+    if target != "classes":
+        return found
+    names = [SHAPES.classes[c] for c in indices]
+    for colour in COLOURS:
+        found[colour] = [s[colour] for s, name in zip(shares, names, strict=True) if name == colour]
+    found["recovered"] = [
+        float(recover_class(img) == name) for img, name in zip(images, names, strict=True)
+    ]
+    if transfer is not None:
+        with torch.no_grad():
+            p = transfer(images).softmax(1)
+        found["top1"] = [float(p[k].argmax() == c) for k, c in enumerate(indices)]
+        found["probability"] = [float(p[k, c]) for k, c in enumerate(indices)]
+    return found
+
+
+def diversity(by_seed: Sequence[Tensor]) -> float | None:
+    """Mean over items of the mean pairwise 1 - SSIM of an item's renders across seeds (None
+    with fewer than two seeds)."""
+    if len(by_seed) < 2:
+        return None
+    per_item = []
+    for k in range(by_seed[0].shape[0]):
+        pairs = itertools.combinations([images[k] for images in by_seed], 2)
+        per_item.append(_mean([1 - ssim(a, b) for a, b in pairs]))
+    return _mean(per_item)
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return math.fsum(values) / len(values)
+
+
+def row(
+    tool: str,
+    size: int,
+    steps: int,
+    target: str,
+    by_seed: Sequence[Tensor],
+    seconds: Sequence[float],
+    network: Normalized,
+    transfer: Normalized | None,
+    items: Sequence[int] | None = None,
+) -> Row:
+    """The table row of one tool, size, step count and target set: every measure averaged over
+    the items and the seeds, the diversity across the seeds, the fastest render's seconds."""
+    per_seed = [measure_images(images, target, network, transfer, items) for images in by_seed]
+    out: Row = {"tool": tool, "size": size, "steps": steps, "target": target}
+    for key, *_ in MEASURES:
+        values = [v for found in per_seed for v in found.get(key, [])]
+        out[key] = _mean(values) if values else None
+    out["diversity"] = diversity(by_seed)
+    out["seconds"] = min(seconds)
+    return out
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _shown(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    fmt = next(fmt for k, _, fmt, _ in MEASURES if k == key)
+    return fmt.format(value)
+
+
+def shortfalls(candidate: Row, reference: Row) -> list[str]:
+    """The quality measures on which `candidate` is worse than `reference`, as the table shows
+    them (a tie at the table's precision matches); measures either row lacks are skipped."""
+    short = []
+    for key, heading, fmt, higher in MEASURES:
+        if higher is None or candidate.get(key) is None or reference.get(key) is None:
+            continue
+        mine, theirs = float(_shown(key, candidate[key])), float(_shown(key, reference[key]))
+        if (mine < theirs) if higher else (mine > theirs):
+            short.append(f"{heading} {fmt.format(mine)} vs {fmt.format(theirs)}")
+    return short
+
+
+def quality_per_second(rows: Sequence[Row]) -> list[str]:
+    """Per size and target set: the fewest fvis steps whose every quality measure matches or
+    beats lucent's longest render (its 512 steps in the full run), with the seconds; or none,
+    with what falls short at each fvis step count."""
+    lines = []
+    for size, target in sorted({(r["size"], r["target"]) for r in rows}):
+        here = [r for r in rows if r["size"] == size and r["target"] == target]
+        lucent = [r for r in here if r["tool"] == "lucent"]
+        fvis = sorted((r for r in here if r["tool"] == "fvis"), key=lambda r: r["steps"])
+        if not lucent or not fvis:
+            continue
+        ref = max(lucent, key=lambda r: r["steps"])
+        what = f"{size} px, {target}: lucent's {ref['steps']} steps take {ref['seconds']:.1f} s"
+        short = {r["steps"]: shortfalls(r, ref) for r in fvis}
+        match = next((r for r in fvis if not short[r["steps"]]), None)
+        if match is not None:
+            lines.append(
+                f"- {what}; fvis matches or beats every measure at **{match['steps']} steps**"
+                f" ({match['seconds']:.1f} s, {match['seconds'] / ref['seconds']:.2f}x lucent's"
+                f" time, {match['steps'] / ref['steps']:.2f}x its steps)."
+            )
+        else:
+            falls = "; ".join(f"at {s} steps {', '.join(m)}" for s, m in short.items())
+            lines.append(f"- {what}; fvis matches at **none** of its step counts: {falls}.")
+    return lines
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    """The markdown table of one size's rows, with fvis's time over lucent's at equal steps."""
+    lucent = {(r["target"], r["steps"]): r["seconds"] for r in rows if r["tool"] == "lucent"}
+    headings = ["tool", "steps", "target", *(h for _, h, _, _ in MEASURES), "s / lucent s"]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    for r in rows:
+        ratio = lucent.get((r["target"], r["steps"])) if r["tool"] == "fvis" else None
+        cells = [r["tool"], str(r["steps"]), r["target"]]
+        cells += [_shown(key, r.get(key)) for key, *_ in MEASURES]
+        cells.append(f"{r['seconds'] / ratio:.2f}x" if ratio else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def picture(columns: Sequence[tuple[str, Tensor]], names: Sequence[str]) -> Image.Image:
+    """Rows: the items (named on the left); columns: the renders, labelled on a header row.
+    Images under 128 px are enlarged (nearest) to show their pixels."""
+    size = columns[0][1].shape[-1]
+    cell = size * max(1, -(-128 // size))
+    font = ImageFont.load_default()
+    label_w, header, gap = 90, 16, 2
+    width = label_w + len(columns) * (cell + gap)
+    height = header + len(names) * (cell + gap)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for j, (label, images) in enumerate(columns):
+        x = label_w + j * (cell + gap)
+        draw.text((x + 2, 2), label, fill=(0, 0, 0), font=font)
+        for i, image in enumerate(images):
+            tile = to_pil(image).resize((cell, cell), Image.Resampling.NEAREST)
+            sheet.paste(tile, (x, header + i * (cell + gap)))
+    for i, name in enumerate(names):
+        draw.text((2, header + i * (cell + gap) + cell // 2 - 6), name, fill=(0, 0, 0), font=font)
+    return sheet
+
+
+def machine() -> str:
+    """The device, as benchmarks/bench.py describes it."""
+    if DEVICE.type == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU only"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def document(
+    rows: Sequence[Row],
+    pictures: dict[int, str],
+    command: str,
+    seconds: float,
+    seeds: Sequence[int],
+    upsample: bool,
+    load: tuple[float, float] | None = None,
+) -> str:
+    """benchmarks/quality.md: the header, a table per size, the quality per second."""
+    resize = (
+        "resized to 224 px before the network under 224 px (lucent's default)"
+        if upsample
+        else "fed to the network at its own size (`fixed_image_size=0`: lucent's resize of"
+        " images under 224 px to 224 px turned off, as fvis feeds it)"
+    )
+    seed_text = ", ".join(map(str, seeds))
+    busy = (
+        f" 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on"
+        f" {os.cpu_count()} cores (other processes lengthen every time)."
+        if load
+        else ""
+    )
+    lines = [
+        "# fvis vs torch-lucent: picture quality on the built-in ShapesNet",
+        "",
+        f"{datetime.date.today().isoformat()}. Machine: {machine()}; torch-lucent"
+        f" {_version('torch-lucent')}, kornia {_version('kornia')}. Command: `{command}`;"
+        f" the run took {seconds / 60:.1f} min.{busy}",
+        "",
+        "Each tool with its own defaults (see the docstring of `benchmarks/quality.py`): fvis as"
+        " `fvis render configs/classes.yaml` and `fvis sweep configs/objectives/channel.yaml`"
+        " render, with only `optim.steps`, `param.size` and `seed` set; lucent's `render_vis`"
+        " with `param.image(size, batch=N)` and `transform.standard_transforms`, the network"
+        f" wrapped with ShapesNet's normalization, the image {resize}. Each step count is a run"
+        f" of its own. Seeds: {seed_text}.",
+        "",
+        "Measures, on the clean final image, averaged over the items (10 classes, channels 0-15)"
+        " and the seeds: **objective**, the intended logit or channel's mean activation through"
+        " the shipped network; **HF share**, the share of the grey image's spectral power above"
+        " 1/3 cycle per pixel (lower: less fine noise); **saturation**, the mean HSV"
+        " saturation; **dominated**, the share of pixels where one channel exceeds both others"
+        " by 0.15 after a 13 px blur (`fvis.zoo.quality.colour_dominance`); **red on red** (and"
+        " green, blue), that share for the intended channel on the class's own render;"
+        " **recovered**, the share of class renders whose signature"
+        " `fvis.zoo.quality.recover_class` reads as the intended class; **transfer top-1** and"
+        " **transfer p**, the top-1 accuracy and mean probability of the intended class under a"
+        " ShapesNet trained with another seed (`tests/assets/shapes-seed1.safetensors`);"
+        " **diversity**, the mean pairwise 1 - SSIM of one target's renders across the seeds"
+        " ('-' with one seed); **seconds**, the wall time of one render of the whole target set"
+        " (network built, render run, images back), each in a fresh process with nothing else"
+        " of the benchmark running, the fastest over the seeds; **s / lucent s**, fvis's"
+        " seconds over lucent's at the same step count.",
+    ]
+    for size in sorted({r["size"] for r in rows}):
+        here = [r for r in rows if r["size"] == size]
+        lines += ["", f"## {size} px", "", *table(here)]
+        if size in pictures:
+            lines += ["", f"![{size} px: lucent | fvis]({pictures[size]})"]
+    lines += [
+        "",
+        "## Quality per second",
+        "",
+        "The fewest fvis steps whose every quality measure above (time aside) matches or beats"
+        " lucent's longest render, at the table's precision:",
+        "",
+        *quality_per_second(rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(
+    sizes: Sequence[int],
+    targets: Sequence[str],
+    steps: dict[str, Sequence[int]],
+    seeds: Sequence[int],
+    transfer: Normalized | None,
+    repeats: int = 1,
+    items: Sequence[int] | None = None,
+    upsample: bool = False,
+    renderer: Callable[..., tuple[Tensor, float]] = render_alone,
+) -> tuple[list[Row], dict[int, list[tuple[str, Tensor]]]]:
+    """Every render of the benchmark; its rows, and per size the class renders of the first
+    seed (lucent's longest, then fvis's) for the pictures."""
+    network = shapes_network()
+    cases = [
+        (size, target, tool, n)
+        for size in sizes
+        for target in targets
+        for tool in TOOLS
+        for n in steps.get(tool, ())
+    ]
+    rows: list[Row] = []
+    columns: dict[int, list[tuple[str, Tensor]]] = {}
+    for i, (size, target, tool, n) in enumerate(cases, 1):
+        by_seed, seconds = [], []
+        for seed in seeds:
+            for repeat in range(repeats):
+                images, took = renderer(tool, target, size, n, seed, items, upsample)
+                seconds.append(took)
+                what = f"{tool} {size} px {target} {n} steps seed {seed}"
+                note(f"[{i}/{len(cases)}] {what}: {took:.1f} s")
+                if repeat == 0:
+                    by_seed.append(images)
+        rows.append(row(tool, size, n, target, by_seed, seconds, network, transfer, items))
+        if target == "classes" and (tool == "fvis" or n == max(steps.get("lucent", [n]))):
+            columns.setdefault(size, []).append((f"{tool} {n} steps", by_seed[0]))
+    return rows, columns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="64 px, the classes, one seed")
+    parser.add_argument("--sizes", type=int, nargs="+", help=f"image sizes (default {SIZES})")
+    parser.add_argument("--steps", type=int, nargs="+", help=f"step counts (default {STEPS})")
+    parser.add_argument(
+        "--lucent-steps",
+        type=int,
+        nargs="+",
+        help="lucent's step counts (default: --steps; 512 with --quick)",
+    )
+    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), help="target sets")
+    parser.add_argument("--seeds", type=int, nargs="+", help=f"seeds (default {SEEDS})")
+    parser.add_argument(
+        "--items", type=int, nargs="+", help="class or channel indices (default all)"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each render, fastest kept")
+    parser.add_argument("--transfer", type=Path, default=TRANSFER, help="independent ShapesNet")
+    parser.add_argument(
+        "--lucent-upsample", action="store_true", help="keep lucent's resize to 224 px"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "quality.md",
+        help="the report (default benchmarks/quality.md); its pictures STEM-SIZE.png beside it",
+    )
+    args = parser.parse_args()
+    if args.one:
+        _one(json.loads(args.one))
+        return
+    began, load = time.perf_counter(), os.getloadavg()[0]
+    quick = QUICK if args.quick else {}
+    sizes = args.sizes or quick.get("sizes", SIZES)
+    targets = args.targets or quick.get("targets", list(TARGETS))
+    fvis_steps = args.steps or quick.get("steps", STEPS)
+    lucent_steps = args.lucent_steps or quick.get("lucent_steps") or args.steps or STEPS
+    seeds = args.seeds or ((0,) if args.quick else SEEDS)
+    transfer = transfer_network(args.transfer) if args.transfer.is_file() else None
+    if transfer is None:
+        note(f"no {args.transfer}: the transfer columns stay empty")
+    rows, columns = run(
+        sizes,
+        targets,
+        {"lucent": lucent_steps, "fvis": fvis_steps},
+        seeds,
+        transfer,
+        args.repeats,
+        args.items,
+        args.lucent_upsample,
+    )
+    pictures = {}
+    for size, cols in columns.items():
+        path = args.out.parent / f"{args.out.stem}-{size}.png"
+        names = [SHAPES.classes[c] for c in _items("classes", args.items)[1]]
+        write_atomic(path, png_bytes(picture(cols, names)))
+        pictures[size] = path.name
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    seconds, loads = time.perf_counter() - began, (load, os.getloadavg()[0])
+    text = document(rows, pictures, command.strip(), seconds, seeds, args.lucent_upsample, loads)
+    write_atomic(args.out, text.encode())
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
