@@ -314,7 +314,7 @@ def startup_section(f: dict[str, dict[str, float]], runs: int = STARTUP_RUNS) ->
     return [
         STARTUP_HEADING,
         "",
-        f"{datetime.date.today().isoformat()}. Machine: {_machine()}. Whole processes, each"
+        f"{datetime.date.today().isoformat()}. Machine: {machine()}. Whole processes, each"
         " fresh: wall seconds from start to exit and max RSS in MB (the peak resident memory"
         " the kernel reports for the process, interpreter start and exit included; the"
         " tables above measure memory inside a process that has run many steps). The median"
@@ -402,7 +402,8 @@ def _row(case: str, f: dict[str, dict[str, float]]) -> str:
     )
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The device the figures come from: the GPU, or the CPU's model name and threads."""
     if DEVICE.type == "cuda":
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
@@ -421,7 +422,7 @@ def _document(rows: list[str], options: list[str]) -> str:
     lines = [
         "# fvis vs torch-lucent",
         "",
-        f"Machine: {_machine()}. Random weights, {SIZE} px, FFT + decorrelated colour, lucid's"
+        f"Machine: {machine()}. Random weights, {SIZE} px, FFT + decorrelated colour, lucid's"
         f" standard transforms; seconds per step per image from the difference of {LONG}- and"
         f" {SHORT}-step runs (the fastest of {REPEATS} each). fvis renders a sweep"
         f" {SWEEP_BATCH} channels per batch, lucent one channel at a time; {memory} in MB."

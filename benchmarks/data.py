@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench import machine  # the machine line every benchmark report opens with
 
 ROOT = Path(__file__).parent.parent
 BATCH = 64
@@ -98,21 +98,6 @@ def best(kind: str, count: int, repeats: int) -> dict[str, float]:
     runs = [measure(kind, count) for _ in range(repeats)]
     fastest = min(runs, key=lambda r: r["seconds"])
     return {**fastest, "rss": max(r["rss"] for r in runs)}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
-    return f"{cpu}, {torch.get_num_threads()} threads, {versions}"
 
 
 def main() -> None:

@@ -55,7 +55,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from typing import Any
 
 import torch
 import yaml
+from bench import machine  # the machine line every benchmark report opens with
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file
 from torch import Tensor
@@ -496,21 +496,6 @@ def picture(columns: Sequence[tuple[str, Tensor]], names: Sequence[str]) -> Imag
     for i, name in enumerate(names):
         draw.text((2, header + i * (cell + gap) + cell // 2 - 6), name, fill=(0, 0, 0), font=font)
     return sheet
-
-
-def machine() -> str:
-    """The device, as benchmarks/bench.py describes it."""
-    if DEVICE.type == "cuda":
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU only"
 
 
 def _version(package: str) -> str:

@@ -16,6 +16,8 @@ ROOT = Path(__file__).parent.parent
 
 
 def _script(name: str) -> ModuleType:
+    if str(ROOT / "benchmarks") not in sys.path:  # the scripts import each other (bench.machine)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
