@@ -27,6 +27,8 @@ from fvis.errors import SpecError, UserError
 from fvis.factories import entry_points
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from fvis.render import Renderer
     from fvis.scan import Scan
 
@@ -260,25 +262,7 @@ def _progress(name: str, steps: int, quiet: bool) -> Iterator[Callable[[int, flo
     if quiet:
         yield None
         return
-    from rich.progress import (  # lazy: start-up time
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("objective {task.fields[score]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err) as bar:
+    with _bar("objective {task.fields[score]}") as bar:
         task = bar.add_task(name, total=steps, score="-", rate="")
 
         def report(step: int, score: float) -> None:
@@ -288,6 +272,30 @@ def _progress(name: str, steps: int, quiet: bool) -> Iterator[Callable[[int, flo
             )
 
         yield report
+
+
+def _bar(middle: str) -> Progress:
+    """fvis's progress bar on stderr: name, bar, done/total, `middle` (a task template), the
+    task's `rate` field, elapsed and remaining time."""
+    from rich.progress import (  # lazy: start-up time
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(middle),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
 
 
 @app.command()
@@ -634,26 +642,7 @@ def _image_progress(
     if quiet:
         yield None
         return
-    from rich.progress import (  # lazy: start-up time
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err) as bar:
+    with _bar("{task.percentage:>3.0f}%") as bar:
         task = bar.add_task(name, total=total, rate="")
 
         def advance(done: int, read: int) -> None:
