@@ -15,10 +15,18 @@ Adam).
 A second table measures fvis's device options one at a time against its defaults, on the mid
 and early googlenet channels: the evidence for which of them are on by default.
 
-Each measurement runs in its own process, so its peak memory is its own (max RSS on a CPU,
-`torch.cuda.max_memory_allocated` on a GPU); seconds per step are the difference between a
-long and a short run (the fastest of three each) divided by the difference in steps, so
-set-up and compile time are left out.
+On a CPU each measurement runs in its own process, so that its peak memory (max RSS) is its
+own; on a GPU the peak (`torch.cuda.max_memory_allocated`) is reset before each measurement,
+and all of them but `compile: true`'s run in one process, which spares dozens of start-ups.
+Seconds per step are the difference between a long and a short run (the fastest of three
+each) divided by the difference in steps, so set-up and compile time are left out.
+
+On a GPU a fourth table times sweeps at batches of 8 to 128 images: the evidence for the
+largest batch `fvis sweep` takes there (`fvis.sweep.MAX_BATCH`).
+
+Each device's tables go under their own heading in results.md (`## On a CPU`, `## On a GPU`),
+rewritten after every row, so that an interrupted run keeps what it measured and a run on one
+device leaves the other's tables as they were.
 
 A third table measures start-up: whole processes as a user runs them, each fresh, timed from
 start to exit, with the peak memory the kernel reports for the process (max RSS, interpreter
@@ -26,8 +34,9 @@ start and exit included, which the in-process figures above leave out): a 1-step
 of the built-in model (fvis only: lucent has no loader for it), and a 1-step render of one
 inception4a channel by `fvis render` and by lucent's equivalent script.
 
-    python benchmarks/bench.py            # writes benchmarks/results.md and prints the tables
-    python benchmarks/bench.py --startup  # only the start-up table, replaced in results.md
+    python benchmarks/bench.py               # this device's tables and the start-up table
+    python benchmarks/bench.py --startup     # only the start-up table, replaced in results.md
+    python benchmarks/bench.py --no-startup  # this device's tables only
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -46,9 +56,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+from fvis.config import Config
 from fvis.sweep import MAX_BATCH
 
 # name: (architecture, layer, channels rendered)
@@ -74,6 +86,12 @@ OPTIONS = [
     ("precision: fp16", {"precision": "fp16"}, True),
 ]
 OPTION_CASES = ["googlenet mid (inception4a)", "googlenet early (conv2)"]
+# A GPU is used well only by a batch: its options are measured on sweeps too.
+GPU_OPTION_CASES = [*OPTION_CASES, "googlenet mid, sweep of 64", "resnet50 mid, sweep of 64"]
+# The sweep-batch table (GPU only): seconds per image of these cases at these batches.
+BATCH_CASES = ["googlenet mid (inception4a)", "resnet50 mid (layer3)"]
+BATCHES = (8, 16, 32, 64, 128)
+COMPILE_TIMEOUT = 300  # seconds a `compile: true` measurement may take, compilation included
 SHORT, LONG = 3, 13
 REPEATS = 3  # the fastest of three runs of each length: other processes only ever add time
 # lucent renders a sweep one channel at a time, so its time per channel is the same for any
@@ -81,6 +99,7 @@ REPEATS = 3  # the fastest of three runs of each length: other processes only ev
 LUCENT_SWEEP = 2
 SIZE = 224
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE_HEADING = "## On a GPU" if DEVICE.type == "cuda" else "## On a CPU"
 SWEEP_BATCH = MAX_BATCH[DEVICE.type]  # what `fvis sweep` takes when memory allows
 TOOLS = ("floor", "fvis's network", "fvis", "lucent")
 Run = Callable[[int], None]
@@ -142,29 +161,37 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def fvis_config(arch: str, layer: str, batch: int, options: dict | None = None) -> dict:
-    """The config of fvis's render of channels 0..batch-1 of `layer`, one per batch item."""
-    terms = [{"kind": "channel", "layer": layer, "channel": c, "batch": c} for c in range(batch)]
+def fvis_config(arch: str, layer: str, channel: int, options: dict | None = None) -> dict:
+    """The config of fvis's render of one channel of `layer`."""
     return {
         "device": DEVICE.type,
         "model": {"source": "torchvision", "name": arch, "weights": None, "kwargs": _kwargs(arch)},
-        "objective": {"kind": "sum", "terms": terms},
-        "param": {"kind": "fft", "size": SIZE, "batch": batch},
+        "objective": {"kind": "channel", "layer": layer, "channel": channel},
+        "param": {"kind": "fft", "size": SIZE},
         "optim": {"redirected_relu": 0, **(options or {})},
     }
 
 
+class _Item(NamedTuple):
+    """One image of a sweep, as `fvis.build.build_plan` takes it."""
+
+    key: str
+    config: Config
+
+
 def fvis_case(arch: str, layer: str, batch: int, options: dict | None = None) -> Run:
-    """fvis's render loop on a plan built once (so a compiled network compiles once)."""
+    """fvis's render loop on a plan built once (so a compiled network compiles once): channels
+    0..batch-1 of `layer` as the batch items of one sweep optimization, as `fvis sweep` packs
+    them."""
     from fvis.build import build_plan
-    from fvis.config import Config
     from fvis.render import Renderer
 
-    config = Config.model_validate(fvis_config(arch, layer, batch, options))
-    plan = build_plan(config, Path.cwd())
+    configs = [Config.model_validate(fvis_config(arch, layer, c, options)) for c in range(batch)]
+    items = [_Item(str(c), config) for c, config in enumerate(configs)]
+    plan = build_plan(configs[0], Path.cwd(), items if batch > 1 else ())
 
     def run(steps: int) -> None:
-        optim = config.optim.model_copy(update={"steps": steps, "thresholds": [steps]})
+        optim = configs[0].optim.model_copy(update={"steps": steps, "thresholds": [steps]})
         Renderer(dataclasses.replace(plan, schedule=optim.schedule)).run()
         _sync()
 
@@ -213,17 +240,18 @@ def floor_case(arch: str, layer: str, batch: int, as_fvis_runs_it: bool = False)
     return run
 
 
-def one(tool: str, case: str, option: str | None = None) -> dict[str, float]:
-    """Seconds per step per image and peak memory of one tool on one case (in this process)."""
+def one(tool: str, case: str, option: str = "defaults", batch: str = "") -> dict[str, float]:
+    """Seconds per step per image and peak memory of one tool on one case (in this process),
+    with one of fvis's OPTIONS, and at `batch` images per optimization if given."""
     arch, layer, channels = CASES[case]
-    batch = _batch(channels, tool)
+    size = int(batch) if batch else _batch(channels, tool)
     if tool == "fvis":
         settings = {label: settings for label, settings, _ in OPTIONS}
-        run = fvis_case(arch, layer, batch, settings[option] if option else None)
+        run = fvis_case(arch, layer, size, settings[option])
     elif tool == "lucent":
-        run = lucent_case(arch, layer, batch)
+        run = lucent_case(arch, layer, size)
     else:
-        run = floor_case(arch, layer, batch, as_fvis_runs_it=tool == "fvis's network")
+        run = floor_case(arch, layer, size, as_fvis_runs_it=tool == "fvis's network")
     run(1)  # warm-up (and compilation)
     if DEVICE.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -231,9 +259,11 @@ def one(tool: str, case: str, option: str | None = None) -> dict[str, float]:
     long = min(_timed(run, LONG) for _ in range(REPEATS))
     if DEVICE.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
+        del run
+        torch.cuda.empty_cache()  # the next measurement in this process starts from nothing
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": (long - short) / (LONG - SHORT) / batch, "peak_mb": peak}
+    return {"seconds": (long - short) / (LONG - SHORT) / size, "peak_mb": peak}
 
 
 def _timed(run: Run, steps: int) -> float:
@@ -243,10 +273,20 @@ def _timed(run: Run, steps: int) -> float:
 
 
 def _measure(*args: str) -> dict[str, float]:
-    """`one(*args)` in a fresh process."""
-    done = subprocess.run(
-        [sys.executable, __file__, "--one", *args], capture_output=True, text=True, check=False
-    )
+    """`one(*args)`: in a fresh process on a CPU (max RSS is per process) and for
+    `compile: true` (which may take minutes, cut at COMPILE_TIMEOUT); else in this one."""
+    if DEVICE.type == "cuda" and "compile: true" not in args:
+        return one(*args)
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=COMPILE_TIMEOUT if "compile: true" in args else None,
+        )
+    except subprocess.TimeoutExpired:
+        return {"seconds": math.nan, "peak_mb": math.nan}
     if done.returncode:
         raise SystemExit(f"{' / '.join(args)} failed:\n{done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -256,7 +296,7 @@ def startup_processes(folder: Path, steps: int = STARTUP_STEPS) -> dict[str, lis
     """The command lines of the start-up table (run folders and the config go in `folder`)."""
     arch, layer, _ = CASES[STARTUP_CASE]
     config = folder / f"{arch}-{layer}.yaml"  # JSON is YAML
-    config.write_text(json.dumps(fvis_config(arch, layer, 1, {"steps": steps})))
+    config.write_text(json.dumps(fvis_config(arch, layer, 0, {"steps": steps})))
     python = sys.executable
     render = [python, "-m", "fvis", "render", "--force", "--quiet"]  # what `fvis` runs
     zoo = [str(ZOO_CONFIG), "--set", f"optim.steps={steps}", "--out", str(folder / "zoo")]
@@ -361,42 +401,72 @@ def main() -> None:
         action="store_true",
         help="only the start-up table (whole processes), replaced in --out; the others kept",
     )
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up table")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results.md")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one)))
         return
-    if args.startup:
+    if not args.startup:
+        device_tables(args.cases, not args.no_options, args.out)
+    if args.startup or not args.no_startup:
         section = startup_section(startup())
-        previous = args.out.read_text() if args.out.is_file() else "# fvis vs torch-lucent\n"
-        args.out.write_text(replace_section(previous, section))
+        _write(args.out, section)
         print("\n".join(section))
-        return
-    rows = []
-    for case in args.cases:
-        figures = {tool: _measure(tool, case) for tool in TOOLS}
-        rows.append(_row(case, figures))
-        print(rows[-1], flush=True)
-    options = []
-    for case in [] if args.no_options else OPTION_CASES:
-        base = None
-        for label, _, cuda_only in OPTIONS:
+
+
+def device_tables(cases: list[str], options: bool, out: Path) -> None:
+    """This device's tables, its section of `out` rewritten after each row."""
+    option_cases = GPU_OPTION_CASES if DEVICE.type == "cuda" else OPTION_CASES
+    order = [(case, label) for case in option_cases for label, _, _ in OPTIONS]
+    rows: list[str] = []
+    batches: list[str] = []
+    settings: dict[tuple[str, str], str] = {}
+
+    def write(line: str) -> None:
+        table = [settings[key] for key in order if key in settings]
+        _write(out, device_section(rows, table, batches))
+        print(line, flush=True)
+
+    for case in cases:
+        rows.append(_row(case, {tool: _measure(tool, case) for tool in TOOLS}))
+        write(rows[-1])
+    for case in BATCH_CASES if DEVICE.type == "cuda" else []:
+        for batch in BATCHES:
+            figures = _measure("fvis", case, "defaults", str(batch))
+            batches.append(
+                f"| {case} | {batch} | {figures['seconds']:.3g} | {figures['peak_mb']:.0f} |"
+            )
+            write(batches[-1])
+    # The settings in turn, each on every case, so that compile (the slowest) comes last.
+    defaults: dict[str, float] = {}
+    for label, _, cuda_only in OPTIONS if options else []:
+        for case in option_cases:
             if cuda_only and DEVICE.type != "cuda":
-                options.append(f"| {case} | {label} | CUDA only | |")
+                settings[case, label] = f"| {case} | {label} | CUDA only | |"
                 continue
             seconds = _measure("fvis", case, label)["seconds"]
-            base = base or seconds
-            options.append(f"| {case} | {label} | {seconds:.4f} | {base / seconds:.2f}x |")
-            print(options[-1], flush=True)
-    text = _document(rows, options) + "\n" + "\n".join(startup_section(startup())) + "\n"
-    args.out.write_text(text)
-    print(text)
+            defaults.setdefault(case, seconds)  # "defaults" is OPTIONS' first label
+            if math.isnan(seconds):
+                settings[case, label] = f"| {case} | {label} | over {COMPILE_TIMEOUT} s | |"
+            else:
+                speed_up = defaults[case] / seconds
+                settings[case, label] = f"| {case} | {label} | {seconds:.3g} | {speed_up:.2f}x |"
+            write(settings[case, label])
+
+
+def _write(out: Path, section: list[str]) -> None:
+    """`out` with `section` in place of its own (see replace_section), written atomically."""
+    previous = out.read_text() if out.is_file() else "\n".join(INTRO) + "\n"
+    temporary = out.with_suffix(".tmp")
+    temporary.write_text(replace_section(previous, section))
+    temporary.replace(out)
 
 
 def _row(case: str, f: dict[str, dict[str, float]]) -> str:
     fl, ff, fv, lu = (f[tool]["seconds"] for tool in TOOLS)
     return (
-        f"| {case} | {fl:.4f} | {ff:.4f} | {fv:.4f} | {lu:.4f} | **{lu / fv:.2f}x** | "
+        f"| {case} | {fl:.3g} | {ff:.3g} | {fv:.3g} | {lu:.3g} | **{lu / fv:.2f}x** | "
         f"{fv / fl:.2f}x | {fv / ff:.2f}x | {f['fvis']['peak_mb']:.0f} | "
         f"{f['lucent']['peak_mb']:.0f} |"
     )
@@ -417,36 +487,57 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU only"
 
 
-def _document(rows: list[str], options: list[str]) -> str:
+INTRO = [
+    "# fvis vs torch-lucent",
+    "",
+    f"Random weights, {SIZE} px, FFT + decorrelated colour, lucid's standard transforms;"
+    f" seconds per step per image from the difference of {LONG}- and {SHORT}-step runs (the"
+    f" fastest of {REPEATS} each). fvis renders a sweep in batches, lucent one channel at a"
+    " time. Each device's tables are under its own heading. Reproduce with `make bench`.",
+]
+
+
+def device_section(rows: list[str], options: list[str], batches: list[str]) -> list[str]:
+    """This device's tables under DEVICE_HEADING: tools, sweep batches, device options."""
     memory = "peak GPU memory" if DEVICE.type == "cuda" else "peak memory (max RSS)"
     lines = [
-        "# fvis vs torch-lucent",
+        DEVICE_HEADING,
         "",
-        f"Machine: {machine()}. Random weights, {SIZE} px, FFT + decorrelated colour, lucid's"
-        f" standard transforms; seconds per step per image from the difference of {LONG}- and"
-        f" {SHORT}-step runs (the fastest of {REPEATS} each). fvis renders a sweep"
-        f" {SWEEP_BATCH} channels per batch, lucent one channel at a time; {memory} in MB."
-        " Reproduce with `make bench`.",
+        f"{datetime.date.today().isoformat()}. Machine: {machine()}. A sweep goes"
+        f" {SWEEP_BATCH} channels per batch; {memory} in MB.",
         "",
         "| case | floor | fvis's network | fvis | lucent | fvis speed-up | fvis / floor "
         "| fvis / fvis's network | fvis MB | lucent MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
-    if options:
+    if batches:
         lines += [
             "",
-            "## fvis's device options, one at a time",
+            "### Sweep batch",
             "",
-            "On a CPU, `channels_last: true` is the default (`auto`): its row and the"
-            " `defaults` row measure the same thing, and their difference shows how much"
-            " timings on the machine vary between runs.",
+            "fvis's seconds per step per image when it optimizes this many images at once.",
+            "",
+            "| case | batch | fvis s/step/image | fvis MB |",
+            "|---|---|---|---|",
+            *batches,
+        ]
+    if options:
+        cpu = DEVICE.type == "cpu"
+        lines += [
+            "",
+            "### fvis's device options, one at a time",
+            "",
+            f"`channels_last: auto` means {str(cpu).lower()} on a {'CPU' if cpu else 'GPU'}:"
+            f" the `channels_last: {str(cpu).lower()}` row and the `defaults` row measure the"
+            " same thing, and their difference shows how much timings on the machine vary"
+            " between runs.",
             "",
             "| case | optim setting | fvis s/step | speed-up over the defaults |",
             "|---|---|---|---|",
             *options,
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from fvis.io import read_image, resolve
 from fvis.models import Network, build_network, resolve_device
 from fvis.objectives import Objective
 from fvis.objectives.activation import Opacity
-from fvis.objectives.algebra import Masked, Sum
+from fvis.objectives.algebra import Masked
+from fvis.objectives.batch import ItemWise
 from fvis.objectives.compile import Context, layer_fields, read_tensor
 from fvis.params import ColorRoot, build_param, check_color_root
 from fvis.render import Plan
@@ -83,7 +84,11 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
             _objective(item.config, network, base, size, channels, device, dtype, specs)
             for item, specs in zip(items, start.specs, strict=True)
         ]
-        objective: Objective = Sum(tuple(Masked(part, (i,)) for i, (part, _) in enumerate(parts)))
+        # One item keeps its render's objective exactly (a sweep of one is byte for byte the
+        # render); several share ItemWise's few operations.
+        objective: Objective = (
+            Masked(parts[0][0], (0,)) if len(parts) == 1 else ItemWise(tuple(p for p, _ in parts))
+        )
         warnings += [w for _, found in parts for w in found]
         streams = [streams_for(item.config.seed, [0])[0] for item in items]
     else:

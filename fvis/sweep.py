@@ -174,8 +174,8 @@ def groups(items: Sequence[SweepItem], batch: int) -> Iterator[list[SweepItem]]:
 
 # Items per optimization at most. On a CPU the time per item is lowest at batches of 4 to 8
 # and rises beyond (at 16, ResNet-50's layer1 takes twice as long per item: its activations
-# outgrow the caches and the allocator's reusable blocks); a GPU takes a 64-channel layer in
-# one optimization.
+# outgrow the caches and the allocator's reusable blocks). On a GPU (an H200, benchmarks/
+# results.md) the time per item falls up to 64 and rises again at 128, on googlenet and ResNet-50.
 MAX_BATCH = {"cpu": 8, "cuda": 64}
 # The share of the device's free memory a sweep's batch may plan to fill.
 MEMORY_SHARE = 0.5

@@ -32,10 +32,21 @@ from fvis.config import (
 Streams = Sequence[torch.Generator]
 
 
-def _affine(a: float, b: float, c: float, d: float, e: float, f: float) -> torch.Tensor:
-    """The 3x3 matrix [[a, b, c], [d, e, f], [0, 0, 1]] in float64: geometry is composed in
-    double precision whatever the image's dtype, so its rounding is the same on every CPU."""
-    return torch.tensor([[a, b, c], [d, e, f], [0.0, 0.0, 1.0]], dtype=torch.float64)
+Matrix = tuple[tuple[float, ...], ...]  # 3x3, row by row
+
+
+def _affine(a: float, b: float, c: float, d: float, e: float, f: float) -> Matrix:
+    """The 3x3 matrix [[a, b, c], [d, e, f], [0, 0, 1]] as Python floats: geometry is composed
+    in double precision whatever the image's dtype, by Python's arithmetic (correctly rounded
+    operations, no fused multiply-adds), so its rounding is the same on every CPU; and a few
+    float operations per item cost far less than tensor operations would."""
+    return ((a, b, c), (d, e, f), (0.0, 0.0, 1.0))
+
+
+def _matmul(m: Matrix, n: Matrix) -> Matrix:
+    return tuple(
+        tuple(sum((m[i][k] * n[k][j] for k in range(3)), 0.0) for j in range(3)) for i in range(3)
+    )
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -45,7 +56,7 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
 class Geometric:
     """A random geometric transform: per item, a 3x3 map from output to input pixel coordinates."""
 
-    def matrix(self, g: torch.Generator) -> torch.Tensor:
+    def matrix(self, g: torch.Generator) -> Matrix:
         raise NotImplementedError
 
 
@@ -55,7 +66,7 @@ class Jitter(Geometric):
     def __init__(self, pixels: int) -> None:
         self.pixels = pixels
 
-    def matrix(self, g: torch.Generator) -> torch.Tensor:
+    def matrix(self, g: torch.Generator) -> Matrix:
         dx, dy = torch.randint(-self.pixels, self.pixels + 1, (2,), generator=g).tolist()
         return _affine(1.0, 0.0, -dx, 0.0, 1.0, -dy)
 
@@ -66,7 +77,7 @@ class Scale(Geometric):
     def __init__(self, lo: float, hi: float) -> None:
         self.lo, self.hi = lo, hi
 
-    def matrix(self, g: torch.Generator) -> torch.Tensor:
+    def matrix(self, g: torch.Generator) -> Matrix:
         s = 1.0 / _uniform(g, self.lo, self.hi)
         return _affine(s, 0.0, 0.0, 0.0, s, 0.0)
 
@@ -77,7 +88,7 @@ class Rotate(Geometric):
     def __init__(self, degrees: float) -> None:
         self.degrees = degrees
 
-    def matrix(self, g: torch.Generator) -> torch.Tensor:
+    def matrix(self, g: torch.Generator) -> Matrix:
         a = math.radians(_uniform(g, -self.degrees, self.degrees))
         c, s = math.cos(a), math.sin(a)
         return _affine(c, s, 0.0, -s, c, 0.0)
@@ -206,12 +217,13 @@ class Pipeline(nn.Module):
         if not run:
             return x
         h, w = x.shape[-2:]
-        theta = torch.stack([_compose([t.matrix(g) for t in run]) for g in streams])
         # Pixel coordinates about the centre -> affine_grid's normalized coordinates.
         to_pixels = _affine(w / 2.0, 0.0, 0.0, 0.0, h / 2.0, 0.0)
         to_normalized = _affine(2.0 / w, 0.0, 0.0, 0.0, 2.0 / h, 0.0)
-        theta = to_normalized @ theta @ to_pixels
-        grid = F.affine_grid(theta[:, :2].to(x.device, x.dtype), list(x.shape), align_corners=False)
+        maps = [_compose([t.matrix(g) for t in run]) for g in streams]
+        maps = [_compose([to_normalized, m, to_pixels]) for m in maps]
+        theta = torch.tensor([m[:2] for m in maps], dtype=torch.float64)
+        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
         fill = self.fill or 0.0
         out = F.grid_sample(
             x - fill, grid, mode="bilinear", padding_mode=self.outside, align_corners=False
@@ -238,11 +250,11 @@ def _without_idle_pads(steps: Sequence[Pad | Geometric | Filter]) -> list:
     ]
 
 
-def _compose(matrices: list[torch.Tensor]) -> torch.Tensor:
+def _compose(matrices: list[Matrix]) -> Matrix:
     """Transforms applied in order T1, T2, ... map output coordinates by M1 @ M2 @ ..."""
     out = matrices[0]
     for m in matrices[1:]:
-        out = out @ m
+        out = _matmul(out, m)
     return out
 
 

@@ -119,3 +119,16 @@ def test_data_bench_measures_both_sides_of_a_tiny_pass() -> None:
     assert data.forward(20)["seconds"] > 0
     measured = data.examples(20)
     assert measured["seconds"] > 0 and measured["write"] > 0
+
+
+def test_bench_rewrites_its_own_device_section_and_keeps_the_others(tmp_path: Path) -> None:
+    bench = _script("bench")
+    out = tmp_path / "results.md"
+    bench._write(out, bench.device_section(["| first |"], [], []))
+    assert out.read_text().startswith("\n".join(bench.INTRO) + "\n\n" + bench.DEVICE_HEADING)
+    out.write_text(out.read_text() + "\n## On another device\n\nkept\n\n## Start-up\n\nalso kept\n")
+    bench._write(out, bench.device_section(["| second |"], ["| option |"], []))
+    text = out.read_text()
+    assert "| first |" not in text and "| second |" in text and "| option |" in text
+    assert text.index("| second |") < text.index("kept") < text.index("also kept")
+    assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file, then renamed

@@ -10,7 +10,7 @@ import torch
 from fvis.objectives import activation as act
 from fvis.objectives import batch as bat
 from fvis.objectives import direction as dirn
-from fvis.objectives.algebra import Activations, Interpolate, Masked, Objective, TermError
+from fvis.objectives.algebra import Activations, Interpolate, Masked, Objective, Sum, TermError
 
 # A [2, 2, 2, 3] activation whose values are easy to sum by hand.
 A = torch.arange(24, dtype=torch.float32).view(2, 2, 2, 3)
@@ -357,3 +357,46 @@ def test_a_vector_label_is_its_values_digest_on_any_device_and_dtype() -> None:
     assert dirn.Direction("p", VEC.double(), None).name == "direction(p, vector#e242)"
     moved = dirn.Direction("p", VEC, None).to(torch.device("cpu"), torch.float64)
     assert moved.name == "direction(p, vector#e242)"
+
+
+# ----------------------------------------------------------------------------- item-wise
+
+
+def test_item_wise_scores_each_item_by_its_own_term_as_masks_would() -> None:
+    # Item i of a batch of 3 scores terms[i]: channel sweeps on two layers, every item's own
+    # copy of one regularizer (computed once), a channel list and a constant (each on its own).
+    image = torch.rand(3, 3, 4, 4, requires_grad=True)
+    a = image.repeat(1, 2, 1, 1) * 2  # [3, 6, 4, 4]: its channel means are easy to check
+    d = image.flatten(1)[:, :5] ** 2  # a dense layer [3, 5]
+
+    def terms() -> tuple[Objective, ...]:
+        return (
+            act.Channel("a", 4) - 0.5 * act.TotalVariation(),
+            act.Channel("d", 2) + 2.0 * act.Channel("a", 1) - 0.25 * act.TotalVariation(),
+            act.Channel("a", (0, 5)) + 1.0 - 0.5 * act.TotalVariation(),
+        )
+
+    masked = Sum(tuple(Masked(t, (i,)) for i, t in enumerate(terms())))
+    item_wise = bat.ItemWise(terms())
+    got = acts(a=a, d=d, image=image)
+    expected = masked(acts(a=a, d=d, image=image))
+    assert torch.allclose(item_wise(got), expected)
+    by_hand = [
+        (a[0, 4].mean() - 0.5 * act.TotalVariation().value(image)[0]).item(),
+        (d[1, 2] + 2 * a[1, 1].mean() - 0.25 * act.TotalVariation().value(image)[1]).item(),
+        (a[2, 0].mean() + a[2, 5].mean() + 1 - 0.5 * act.TotalVariation().value(image)[2]).item(),
+    ]
+    assert item_wise(got).tolist() == pytest.approx(by_hand, rel=1e-6)
+    # every leaf's memoized value is its value on every item, as a render's trace records it
+    for leaf in item_wise.leaves():
+        assert torch.allclose(got.values[leaf], leaf.compute(got)), leaf.name
+    # and the gradient to the image is the masked sum's
+    (grad,) = torch.autograd.grad(
+        item_wise(acts(a=a, d=d, image=image)).sum(), image, retain_graph=True
+    )
+    (want,) = torch.autograd.grad(expected.sum(), image)
+    assert torch.allclose(grad, want, atol=1e-6)
+    assert item_wise.name == masked.name
+    # one gather per layer of single channels; the three items' regularizers computed once
+    assert {layer: len(m) for layer, m in item_wise.channels.items()} == {"a": 2, "d": 1}
+    assert len(item_wise.shared[act.TotalVariation, ("image",)]) == 3

@@ -84,7 +84,8 @@ class OptimSpec(Node):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Autocast the network to bf16 or fp16 on CUDA (elsewhere fp32 is kept, "
-        "with a warning); the image and its optimizer stay fp32.",
+        "with a warning); the image and its optimizer stay fp32. Not faster on every network "
+        "(benchmarks/results.md), hence fp32 by default.",
     )
     float64: bool = Field(
         False,
@@ -101,7 +102,7 @@ class OptimSpec(Node):
     channels_last: bool | Literal["auto"] = Field(
         "auto",
         description="Run the network in channels-last memory format; auto: on CPUs, where "
-        "the benchmark shows it pays (benchmarks/results.md), off elsewhere.",
+        "the benchmark shows it pays (benchmarks/results.md), off on GPUs, where it does not.",
     )
     compile: bool = Field(
         False, description="torch.compile the network (slow first steps, then faster on GPUs)."
@@ -109,7 +110,8 @@ class OptimSpec(Node):
     cudnn_benchmark: bool = Field(
         False,
         description="On CUDA, let cuDNN time its convolution algorithms on the first step and "
-        "keep the fastest (torch.backends.cudnn.benchmark); the choice may vary between runs.",
+        "keep the fastest (torch.backends.cudnn.benchmark); the choice may vary between runs, "
+        "and the benchmark found no steady gain (benchmarks/results.md).",
     )
 
     @model_validator(mode="after")

@@ -173,7 +173,8 @@ def _lift(value: Objective | float) -> Objective:
     return value if isinstance(value, Objective) else Constant(float(value))
 
 
-def _unique(terms: Sequence[Objective]) -> Iterator[Leaf]:
+def unique_leaves(terms: Sequence[Objective]) -> Iterator[Leaf]:
+    """The leaves of `terms`, each once."""
     seen: set[int] = set()
     for term in terms:
         for leaf in term.leaves():
@@ -259,7 +260,7 @@ class Sum(Objective):
         return total
 
     def leaves(self) -> Iterator[Leaf]:
-        return _unique(self.terms)
+        return unique_leaves(self.terms)
 
 
 @dataclass(eq=False)
@@ -282,7 +283,7 @@ class Product(Objective):
         return total
 
     def leaves(self) -> Iterator[Leaf]:
-        return _unique(self.terms)
+        return unique_leaves(self.terms)
 
 
 @dataclass(eq=False)
@@ -378,7 +379,7 @@ class Interpolate(Objective):
         return (1 - t) * a + t * b
 
     def leaves(self) -> Iterator[Leaf]:
-        return _unique((self.start, self.end))
+        return unique_leaves((self.start, self.end))
 
 
 def _children(nodes: Sequence[Any], loc: YamlPath, ctx: Context) -> tuple[Objective, ...]:
