@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -1097,6 +1098,140 @@ def probe_train(
         table.add_row(name, channels, f"{100 * layer.train:.1f} %", held, iterations)
     show(table)
     say(str(target))
+
+
+# ----------------------------------------------------------------------------- groups and atlases
+
+LayerOption = Annotated[
+    str,
+    typer.Option(
+        "--layer",
+        "-l",
+        help="The layer: a name from `fvis layers CONFIG` or the config's hooks.",
+        metavar="L",
+        show_default=False,
+    ),
+]
+ImageOption = Annotated[
+    Path | None,
+    typer.Option("--image", "-i", help="The image to read.", metavar="IMG", show_default=False),
+]
+
+
+@app.command()
+def groups(
+    config: ConfigArg,
+    layer: LayerOption,
+    image: ImageOption = None,
+    count: Annotated[
+        int, typer.Option("--groups", "-k", min=1, max=12, help="Number of groups (K).")
+    ] = 4,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Factor positions sampled over these images (zoo:NAME[:COUNT[:SEED]], a folder "
+            "or imagefolder:ROOT) instead of the image's alone; --image then shows where the "
+            "groups lie on it.",
+            metavar="SOURCE",
+            show_default=False,
+        ),
+    ] = None,
+    per_image: Annotated[
+        int,
+        typer.Option("--per-image", min=1, max=4096, help="Positions sampled per image (--data)."),
+    ] = 4,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Groups folder (default: output.dir/NAME-groups).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", "-f", help="Replace a previous groups folder (the files fvis wrote in it)."
+        ),
+    ] = False,
+    resume: ResumeOption = False,
+    batch: BatchOption = 64,
+    workers: WorkersOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Factor a layer into groups of channels that fire together.
+
+    Non-negative matrix factorization of the layer's activations on an image (positions x
+    channels), or on positions sampled over a dataset (--data), into K groups: each group's
+    channel weights are rendered as a direction (batched, as a sweep), and groups.png shows the
+    image with each group's map in its own colour beside the renders. Writes groups.png,
+    groups.safetensors (channels [K, C], maps [K, h, w], sampled vectors) and groups.json.
+    """
+    from fvis import groups as neuron_groups  # lazy: start-up time
+    from fvis import runs, vectors  # lazy: start-up time
+    from fvis.models import build_network  # lazy: start-up time
+    from fvis.scan import layer_specs  # lazy: start-up time
+
+    if image is None and data is None:
+        fail("fvis groups: pass --image IMG (the groups of one image), --data SOURCE, or both")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    if data is not None:
+        options = {"per_image": per_image, "groups": count}
+        loaded, scan = _scan(config, overrides, data, [layer], batch, workers, **options)
+        network, spec = scan.network, scan.layers[layer]
+    else:
+        loaded = _load(config, overrides)
+        with user_errors(loaded.source):
+            network = build_network(loaded.config.model, config.parent)
+            spec = layer_specs(network, [layer], loaded.config.hooks, "--layer")[layer]
+        _user_code(loaded.config.model, loaded.source, ("model",))
+    cfg = loaded.config
+    folder = out_dir or cfg.output.dir / f"{cfg.name}-groups"
+    with user_errors(loaded.source), runs.locked(folder):
+        neuron_groups.claim(folder, force, resume)
+        sampled = fitted = shown = acts = None
+        if data is not None:
+            positions = neuron_groups.Positions(layer, per_image, cfg.seed)
+            checkpoint = folder / neuron_groups.CHECKPOINT
+            with _image_progress(f"groups {cfg.name}", len(scan.images), quiet) as progress:
+                outcome = scan.run(positions, checkpoint, resume, progress)
+            _skipped(outcome.skipped)
+            sampled = fitted = positions.vectors()
+        if image is not None:
+            shown, acts = neuron_groups.image_activations(network, spec, image)
+            fitted = acts.flatten(1).T if fitted is None else fitted
+        assert fitted is not None  # --image or --data, checked above
+        start = neuron_groups.timed(seconds, "activations", start)
+        neuron_groups.check_groups(count, fitted)
+        factors = neuron_groups.factor(fitted, count, cfg.seed, acts)
+        start = neuron_groups.timed(seconds, "factoring", start)
+        tensors = neuron_groups.save_tensors(folder, factors, sampled)
+        rows = vectors.Rows(config, tuple(overrides or []), layer, tensors, "channels")
+        renders = folder / f"renders-{neuron_groups.digest(factors.channels)}"
+        paths = vectors.render_rows(rows, count, renders, None, None if quiet else note)
+        neuron_groups.timed(seconds, "renders", start)
+        info = {
+            "layer": layer,
+            "spec": spec,
+            "groups": count,
+            "image": None if image is None else str(image),
+            "data": None if data is None else data,
+            "per_image": per_image if data else None,
+            "positions": int(fitted.shape[0]),
+            "seed": cfg.seed,
+            "seconds": seconds,
+        }
+        index = neuron_groups.finish(folder, factors, rows, paths, shown, info)
+        (folder / neuron_groups.CHECKPOINT).unlink(missing_ok=True)
+    if not quiet:
+        note(f"{cfg.name}: {count} groups of {layer}, reconstruction error {factors.error:.3f}")
+    say(str(folder / neuron_groups.PICTURE))
+    say(str(index))
 
 
 @zoo_app.command("list")

@@ -119,6 +119,16 @@ def write_metadata(
     write_atomic(run_dir / "run.json", to_json(_metadata(config, plan, result, resolved, files)))
 
 
+def versions() -> dict[str, str]:
+    """The versions a result depends on, as every metadata file records them."""
+    return {
+        "fvis": fvis.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision_version(),
+        "python": platform.python_version(),
+    }
+
+
 def _metadata(
     config: Config, plan: Plan, result: Result, resolved: dict[str, Any], files: list[str]
 ) -> dict[str, Any]:
@@ -127,12 +137,7 @@ def _metadata(
         "name": config.name,
         "status": result.status,
         **({"error": result.failure} if result.failure else {}),
-        "versions": {
-            "fvis": fvis.__version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision_version(),
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
         "device": str(plan.device),
         "config_dir": str(plan.base.resolve()),
         "seed": config.seed,
