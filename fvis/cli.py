@@ -1218,7 +1218,7 @@ def groups(
         info = {
             "layer": layer,
             "spec": spec,
-            "groups": count,
+            "count": count,
             "image": None if image is None else str(image),
             "data": None if data is None else data,
             "per_image": per_image if data else None,
