@@ -363,17 +363,20 @@ def test_a_vector_label_is_its_values_digest_on_any_device_and_dtype() -> None:
 
 
 def test_item_wise_scores_each_item_by_its_own_term_as_masks_would() -> None:
-    # Item i of a batch of 3 scores terms[i]: channel sweeps on two layers, every item's own
-    # copy of one regularizer (computed once), a channel list and a constant (each on its own).
-    image = torch.rand(3, 3, 4, 4, requires_grad=True)
-    a = image.repeat(1, 2, 1, 1) * 2  # [3, 6, 4, 4]: its channel means are easy to check
-    d = image.flatten(1)[:, :5] ** 2  # a dense layer [3, 5]
+    # Item i of a batch of 4 scores terms[i]: channel sweeps on two layers and directions
+    # (each stacked), every item's own copy of one regularizer (computed once), a channel list
+    # and a constant (each on its own).
+    image = torch.rand(4, 3, 4, 4, requires_grad=True)
+    a = image.repeat(1, 2, 1, 1) * 2 - 0.5  # [4, 6, 4, 4]
+    d = image.flatten(1)[:, :5] ** 2  # a dense layer [4, 5]
+    u, w = torch.randn(6), torch.randn(6)
 
     def terms() -> tuple[Objective, ...]:
         return (
             act.Channel("a", 4) - 0.5 * act.TotalVariation(),
             act.Channel("d", 2) + 2.0 * act.Channel("a", 1) - 0.25 * act.TotalVariation(),
             act.Channel("a", (0, 5)) + 1.0 - 0.5 * act.TotalVariation(),
+            dirn.DotCossim("a", u, None) + 3.0 * dirn.DotCossim("a", w, None),
         )
 
     masked = Sum(tuple(Masked(t, (i,)) for i, t in enumerate(terms())))
@@ -385,6 +388,9 @@ def test_item_wise_scores_each_item_by_its_own_term_as_masks_would() -> None:
         (a[0, 4].mean() - 0.5 * act.TotalVariation().value(image)[0]).item(),
         (d[1, 2] + 2 * a[1, 1].mean() - 0.25 * act.TotalVariation().value(image)[1]).item(),
         (a[2, 0].mean() + a[2, 5].mean() + 1 - 0.5 * act.TotalVariation().value(image)[2]).item(),
+        (
+            dirn.DotCossim("a", u, None).value(a)[3] + 3 * dirn.DotCossim("a", w, None).value(a)[3]
+        ).item(),
     ]
     assert item_wise(got).tolist() == pytest.approx(by_hand, rel=1e-6)
     # every leaf's memoized value is its value on every item, as a render's trace records it
@@ -397,6 +403,12 @@ def test_item_wise_scores_each_item_by_its_own_term_as_masks_would() -> None:
     (want,) = torch.autograd.grad(expected.sum(), image)
     assert torch.allclose(grad, want, atol=1e-6)
     assert item_wise.name == masked.name
-    # one gather per layer of single channels; the three items' regularizers computed once
-    assert {layer: len(m) for layer, m in item_wise.channels.items()} == {"a": 2, "d": 1}
+    # one gather per layer of single channels, one product for the directions; the items'
+    # regularizers computed once
+    stacks = {(kind.__name__, key): len(m) for (kind, key), m in item_wise.stacks.items()}
+    assert stacks == {
+        ("Channel", ("a",)): 2,
+        ("Channel", ("d",)): 1,
+        ("DotCossim", ("a", 1.0, 0.1)): 2,
+    }
     assert len(item_wise.shared[act.TotalVariation, ("image",)]) == 3

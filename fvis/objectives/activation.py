@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from fvis.hooks import IMAGE
-from fvis.objectives.algebra import Leaf, Objective, TermError, indices, label, unless
+from fvis.objectives.algebra import (
+    Leaf,
+    Objective,
+    TermError,
+    index_tensor,
+    indices,
+    label,
+    unless,
+)
 
 if TYPE_CHECKING:
     from fvis.errors import YamlPath
@@ -107,6 +115,16 @@ class Channel(Leaf):
         if isinstance(self.channel, int):
             return p[:, self.channel].mean(1)
         return p[:, list(self.channel)].mean(2).sum(1)
+
+    def stack_key(self) -> tuple | None:
+        return (self.layer,) if isinstance(self.channel, int) else None
+
+    @classmethod
+    def stacked(cls, leaves: Sequence[Leaf], x: torch.Tensor) -> torch.Tensor:
+        """One gather of the leaves' channels."""
+        channels = tuple(cast(Channel, leaf).channel for leaf in leaves)
+        chosen = index_tensor(cast(tuple[int, ...], channels), x.device)
+        return positions(x)[:, chosen].mean(2)
 
 
 @dataclass(eq=False)

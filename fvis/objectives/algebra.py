@@ -9,6 +9,7 @@ return scores to maximize: the render loop is the one place that negates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -169,6 +170,12 @@ def digest(tensor: torch.Tensor) -> str:
     return content.hexdigest()[:4]
 
 
+@functools.lru_cache(maxsize=256)
+def index_tensor(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An index tensor on the device, made once rather than at every step."""
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
 def _lift(value: Objective | float) -> Objective:
     return value if isinstance(value, Objective) else Constant(float(value))
 
@@ -213,6 +220,17 @@ class Leaf(Objective):
 
     def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Raise TermError if the shapes [B, ...] of the layers read do not fit this term."""
+
+    def stack_key(self) -> tuple | None:
+        """What leaves of this kind must share for `stacked` to compute them together (the
+        layer, the parameters but one tensor); None: this leaf is computed on its own."""
+        return None
+
+    @classmethod
+    def stacked(cls, leaves: Sequence[Leaf], x: torch.Tensor) -> torch.Tensor:
+        """[B, K]: leaf k's value on every item of the main layer's activations `x`, for
+        leaves with one `stack_key`, in a few operations (a sweep's items, `ItemWise`)."""
+        raise NotImplementedError
 
     def leaves(self) -> Iterator[Leaf]:
         yield self

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from fvis.objectives.activation import Channel, positions
+from fvis.objectives.activation import positions
 from fvis.objectives.algebra import (
     Activations,
     Leaf,
@@ -18,6 +17,7 @@ from fvis.objectives.algebra import (
     Objective,
     Scaled,
     Sum,
+    index_tensor,
     label,
     unique_leaves,
     unless,
@@ -88,8 +88,9 @@ class ItemWise(Objective):
     of several per item (which on a GPU leave it idle between hundreds of tiny kernels):
 
     - each term is read as a weighted sum of parts (through sums and scalar weights);
-    - single-channel means on one layer, one per item (a channel sweep), are one gather of those
-      channels for the whole batch;
+    - leaves that can be computed together (`Leaf.stacked`: single channels, directions on one
+      layer) are, for the whole batch: one gather for a channel sweep, one product for the
+      directions of an atlas;
     - leaves equal in kind and parameters (every item's regularizers) are computed once;
     - any other part is computed on the batch and kept for its own item, as Masked does.
     """
@@ -98,13 +99,13 @@ class ItemWise(Objective):
 
     def __post_init__(self) -> None:
         self.name = Sum(tuple(Masked(t, (i,)) for i, t in enumerate(self.terms))).name
-        self.channels: dict[str, list[tuple[int, float, Channel]]] = {}
+        self.stacks: dict[tuple, list[tuple[int, float, Leaf]]] = {}
         self.shared: dict[tuple, list[tuple[int, float, Leaf]]] = {}
         self.others: list[tuple[int, float, Objective]] = []
         for item, term in enumerate(self.terms):
             for weight, part in _parts(term, 1.0):
-                if type(part) is Channel and isinstance(part.channel, int):
-                    self.channels.setdefault(part.layer, []).append((item, weight, part))
+                if isinstance(part, Leaf) and (key := part.stack_key()) is not None:
+                    self.stacks.setdefault((type(part), key), []).append((item, weight, part))
                 elif isinstance(part, Leaf) and (key := _key(part)) is not None:
                     self.shared.setdefault(key, []).append((item, weight, part))
                 else:
@@ -113,14 +114,14 @@ class ItemWise(Objective):
     def __call__(self, acts: Activations) -> torch.Tensor:
         b = len(self.terms)
         parts: list[torch.Tensor] = []
-        for layer, members in self.channels.items():
-            x = positions(acts[layer])
+        for (kind, _), members in self.stacks.items():
             items, weights, leaves = zip(*members, strict=True)
-            chosen = _indices(tuple(leaf.channel for leaf in leaves), x.device)
-            table = x[:, chosen].mean(2)  # [B, K]: every leaf's value on every item
+            table = kind.stacked(leaves, acts[leaves[0].layer])  # [B, K]: all leaves, all items
             for k, leaf in enumerate(leaves):
                 acts.values[leaf] = table[:, k]
-            own = table[_indices(items, x.device), _indices(tuple(range(len(items))), x.device)]
+            own = table[
+                index_tensor(items, table.device), index_tensor(_range(len(items)), table.device)
+            ]
             parts.append(_spread(own * own.new_tensor(weights), items, b))
         for copies in self.shared.values():
             value = copies[0][2](acts)
@@ -162,11 +163,9 @@ def _key(leaf: Leaf) -> tuple | None:
 
 def _spread(values: torch.Tensor, items: tuple[int, ...], b: int) -> torch.Tensor:
     """[B] zeros but for `values` at `items` (added where an item comes twice)."""
-    index = _indices(items, values.device)
+    index = index_tensor(items, values.device)
     return values.new_zeros(b).index_put((index,), values, accumulate=True)
 
 
-@functools.lru_cache(maxsize=256)
-def _indices(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """An index tensor on the device, made once (not at every step)."""
-    return torch.tensor(values, dtype=torch.long, device=device)
+def _range(n: int) -> tuple[int, ...]:
+    return tuple(range(n))

@@ -10,8 +10,9 @@ compared after mapping both by M (e.g. M = Cov^-1/2: a whitened inner product).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 
@@ -141,6 +142,22 @@ class Direction(_Directional):
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return dot_cossim(self.mapped(x), self.direction(), self.cossim_pow, self.floor).mean(1)
+
+    def stack_key(self) -> tuple | None:
+        return None if self.transform is not None else (self.layer, self.cossim_pow, self.floor)
+
+    @classmethod
+    def stacked(cls, leaves: Sequence[Leaf], x: torch.Tensor) -> torch.Tensor:
+        """Every item against every leaf's vector V [K, C] at once (dot_cossim, batched)."""
+        directions = cast("Sequence[Direction]", leaves)
+        first = directions[0]
+        v = torch.stack([leaf.vector for leaf in directions])
+        a = positions(x)
+        dot = torch.einsum("bcn,kc->bkn", a, v)
+        if first.cossim_pow == 0:
+            return dot.mean(2)
+        cos = dot / (a.norm(dim=1)[:, None, :] * v.norm(dim=1)[None, :, None] + EPS)
+        return (dot * cos.clamp(min=first.floor).pow(first.cossim_pow)).mean(2)
 
 
 @dataclass(eq=False)
