@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fvis.io import read_image
-from fvis.sweep import INDEX, read_index, run_sweep
+from fvis.sweep import run_sweep
 
 INDEX_PATH = "objective.vector.index"
 
@@ -79,16 +76,3 @@ def render_rows(
         rows.config, rows.sets(), [f"{INDEX_PATH}=0:{count}"], folder, batch, progress
     )
     return [folder / index[f"{INDEX_PATH}={k}"]["file"] for k in range(count)]
-
-
-def read_rows(folder: Path, count: int) -> list[torch.Tensor]:
-    """The renders of rows 0..count-1 in a sweep folder, as [3, H, W] images in [0, 1]."""
-    index = read_index(folder)
-    if not index:
-        raise FileNotFoundError(f"{folder / INDEX}: no sweep index")
-    return [read_image(folder / index[f"{INDEX_PATH}={k}"]["file"]) for k in range(count)]
-
-
-def row_keys(count: int) -> Sequence[str]:
-    """The sweep keys of rows 0..count-1."""
-    return [f"{INDEX_PATH}={k}" for k in range(count)]

@@ -26,6 +26,9 @@ COMMANDS = [
     "examples",
     "stats",
     "probe train",
+    "groups",
+    "grid",
+    "atlas",
 ]
 
 
