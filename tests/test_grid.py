@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
+from test_groups import halves
 
 from fvis import grid
 from fvis.build import build_plan
@@ -24,18 +24,6 @@ from fvis.zoo.quality import orientation_shares
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-
-
-def halves(path: Path) -> Path:
-    """A 64 px image: horizontal stripes (period 8 px) in the left half, two green blobs on
-    grey in the right half."""
-    y, x = np.mgrid[0:64, 0:64]
-    stripes = np.repeat((0.5 + 0.4 * np.sin(2 * np.pi * y / 8.0))[..., None], 3, axis=2)
-    blobs = ((x - 48) ** 2 + (y - 18) ** 2 < 100) | ((x - 46) ** 2 + (y - 46) ** 2 < 120)
-    right = np.where(blobs[..., None], [0.1, 0.85, 0.15], 0.5)
-    image = np.where((x >= 32)[..., None], right, stripes)
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(path)
-    return path
 
 
 # ----------------------------------------------------------------------------- cells

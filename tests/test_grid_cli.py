@@ -12,7 +12,7 @@ import typer.main
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from test_grid import halves
+from test_groups import halves
 
 from fvis import grid
 from fvis.cli import app
