@@ -64,13 +64,15 @@ def _name(fn: Callable[..., Any]) -> str:
 
 def entry_points(node: object, loc: YamlPath = ()) -> list[tuple[YamlPath, str]]:
     """Every place in a validated config that imports the user's code: a `factory`, or an
-    `arch` given as 'module:function' (a checkpoint's architecture), with its YAML path."""
+    `arch` given as 'module:function' (a checkpoint's architecture), with its YAML path. fvis's
+    own modules (the objectives `fvis grid` writes into its configs) are not the user's code."""
     if isinstance(node, BaseModel):
         found = []
         for name in type(node).model_fields:
             value = getattr(node, name)
             if name in USER_CODE_FIELDS and isinstance(value, str) and ":" in value:
-                found.append(((*loc, name), value))
+                if value.split(":", 1)[0].partition(".")[0] != "fvis":
+                    found.append(((*loc, name), value))
             else:
                 found += entry_points(value, (*loc, name))
         return found

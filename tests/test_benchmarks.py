@@ -121,6 +121,15 @@ def test_data_bench_measures_both_sides_of_a_tiny_pass() -> None:
     assert measured["seconds"] > 0 and measured["write"] > 0
 
 
+def test_atlas_bench_times_a_small_atlas_and_reads_its_measures() -> None:
+    atlas = _script("atlas")
+    found = atlas.measure(120, 4)
+    assert found["wall"] > sum(found["stages"].values()) > 0
+    row = atlas.line(120, 4, found).split(" | ")
+    assert row[0] == "| 4x4" and row[1] == "120" and int(row[2]) == found["cells"] > 0
+    assert len(row) == len(atlas.HEADER[0].split(" | "))
+
+
 def test_bench_rewrites_its_own_device_section_and_keeps_the_others(tmp_path: Path) -> None:
     bench = _script("bench")
     out = tmp_path / "results.md"

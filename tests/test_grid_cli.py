@@ -16,6 +16,8 @@ from test_groups import halves
 
 from fvis import grid
 from fvis.cli import app
+from fvis.config import load_config
+from fvis.factories import entry_points
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -70,6 +72,8 @@ def test_one_cell_renders_again_as_a_normal_config(
     assert index["parameters"]["align"] == 0.0
     config = yaml.safe_load((out / "render" / "config.yaml").read_text())
     assert [t["factory"] for t in config["objective"]["terms"]] == ["fvis.grid:cells"]
+    assert entry_points(load_config(out / "render" / "config.yaml", []).config) == []  # no
+    # "runs your code" note: fvis's own objectives are not the user's code
     words = shlex.split(index["cell"]["render_row_0"].replace("index=0", "index=3"))
     assert words[:2] == ["fvis", "render"]
     again = cli(*words[1:], "--out", tmp_path / "cell3", "--quiet")
