@@ -6,7 +6,7 @@ FVIS := $(VENV)/bin/fvis
 # a fresh clone needs no `make install` first, and pyproject.toml newer than it reinstalls.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench bench-quality bench-data bench-atlas
+.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench bench-quality bench-data bench-atlas bench-microscope microscope
 .PHONY: regress regress-update regress-render regress-portable drift
 .PHONY: parameterizations shapes-spectrum
 
@@ -56,6 +56,13 @@ bench-data: $(INSTALLED)  ## fvis examples vs the bare forward over the same dat
 
 bench-atlas: $(INSTALLED)  ## the time of a 20x20 activation atlas of conv4 over 5,000 zoo images; writes benchmarks/atlas.md
 	$(PY) benchmarks/atlas.py
+
+microscope: $(INSTALLED)  ## the built-in model's site: every channel and class, examples over 2,000 images (outputs/microscope)
+	$(FVIS) microscope configs/quickstart.yaml --data zoo:shapes:2000 --out outputs/microscope
+
+bench-microscope: $(INSTALLED)  ## the microscope's build and rebuild times, size and screenshots; writes benchmarks/microscope.md
+	rm -rf outputs/microscope
+	$(PY) benchmarks/microscope.py
 
 schema: $(INSTALLED)  ## the JSON schemas editors read (fvis.schema.json, fvis.attribution.schema.json)
 	$(FVIS) schema > fvis.schema.json

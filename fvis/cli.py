@@ -1172,14 +1172,13 @@ def groups(
     groups.safetensors (channels [K, C], maps [K, h, w], sampled vectors) and groups.json.
     """
     from fvis import groups as neuron_groups  # lazy: start-up time
-    from fvis import runs, vectors  # lazy: start-up time
+    from fvis import runs  # lazy: start-up time
     from fvis.models import build_network  # lazy: start-up time
     from fvis.scan import layer_specs  # lazy: start-up time
 
     if image is None and data is None:
         fail("fvis groups: pass --image IMG (the groups of one image), --data SOURCE, or both")
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
+    scan: Scan | None = None
     if data is not None:
         options = {"per_image": per_image, "groups": count}
         loaded, scan = _scan(config, overrides, data, [layer], batch, workers, **options)
@@ -1192,42 +1191,20 @@ def groups(
         _user_code(loaded.config.model, loaded.source, ("model",))
     cfg = loaded.config
     folder = out_dir or cfg.output.dir / f"{cfg.name}-groups"
+    settings = neuron_groups.Settings(
+        layer, count, config, tuple(overrides or []), per_image, cfg.seed, data
+    )
     with user_errors(loaded.source), runs.locked(folder):
         neuron_groups.claim(folder, force, resume)
-        sampled = fitted = shown = acts = None
-        if data is not None:
-            positions = neuron_groups.Positions(layer, per_image, cfg.seed)
-            checkpoint = folder / neuron_groups.CHECKPOINT
-            with _image_progress(f"groups {cfg.name}", len(scan.images), quiet) as progress:
-                outcome = scan.run(positions, checkpoint, resume, progress)
-            _skipped(outcome.skipped)
-            sampled = fitted = positions.vectors()
-        if image is not None:
-            shown, acts = neuron_groups.image_activations(network, spec, image)
-            fitted = acts.flatten(1).T if fitted is None else fitted
-        assert fitted is not None  # --image or --data, checked above
-        start = neuron_groups.timed(seconds, "activations", start)
-        neuron_groups.check_groups(count, fitted)
-        factors = neuron_groups.factor(fitted, count, cfg.seed, acts)
-        start = neuron_groups.timed(seconds, "factoring", start)
-        tensors = neuron_groups.save_tensors(folder, factors, sampled)
-        rows = vectors.Rows(config, tuple(overrides or []), layer, tensors, "channels")
-        renders = folder / f"renders-{neuron_groups.digest(factors.channels)}"
-        paths = vectors.render_rows(rows, count, renders, None, None if quiet else note)
-        neuron_groups.timed(seconds, "renders", start)
-        info = {
-            "layer": layer,
-            "spec": spec,
-            "count": count,
-            "image": None if image is None else str(image),
-            "data": None if data is None else data,
-            "per_image": per_image if data else None,
-            "positions": int(fitted.shape[0]),
-            "seed": cfg.seed,
-            "seconds": seconds,
-        }
-        index = neuron_groups.finish(folder, factors, rows, paths, shown, info)
-        (folder / neuron_groups.CHECKPOINT).unlink(missing_ok=True)
+        total = len(scan.images) if scan else 0
+        with _image_progress(f"groups {cfg.name}", total, quiet or not scan) as progress:
+            written = neuron_groups.run(
+                network, spec, settings, folder, scan, image, resume, progress,
+                None if quiet else note,
+            )  # fmt: skip
+    if written.outcome is not None:
+        _skipped(written.outcome.skipped)
+    factors, index = written.factors, written.index
     if not quiet:
         note(f"{cfg.name}: {count} groups of {layer}, reconstruction error {factors.error:.3f}")
     say(str(folder / neuron_groups.PICTURE))
@@ -1494,6 +1471,173 @@ def atlas(
         note(f"{cfg.name}: {line}")
     say(str(written.picture))
     say(str(written.index))
+
+
+# ----------------------------------------------------------------------------- the microscope
+
+
+@app.command()
+def microscope(
+    config: ConfigArg,
+    layers: LayersOption = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Dataset examples (and --groups, --atlas) over these images: "
+            "zoo:NAME[:COUNT[:SEED]], a folder or imagefolder:ROOT (default: none).",
+            metavar="SOURCE",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds",
+            min=1,
+            max=16,
+            help="Renders per channel, seeds 0 to N-1 (2 or more: the page shows their "
+            "diversity, mean pairwise 1 - SSIM).",
+        ),
+    ] = 1,
+    top: Annotated[
+        int, typer.Option("--top", "-k", min=1, max=100, help="Dataset examples per ranking.")
+    ] = 9,
+    groups: Annotated[
+        int | None,
+        typer.Option(
+            "--groups",
+            min=1,
+            max=12,
+            help="Neuron groups of each spatial layer over the data (needs --data).",
+            metavar="K",
+            show_default=False,
+        ),
+    ] = None,
+    atlas: Annotated[
+        int | None,
+        typer.Option(
+            "--atlas",
+            min=2,
+            max=64,
+            help="An N x N activation atlas of each spatial layer over the data (needs --data).",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Site folder (default: output.dir/NAME-microscope).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            "-f",
+            help="Render again a site made from another config (otherwise refused).",
+        ),
+    ] = False,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            min=1,
+            max=4096,
+            help="Channels per optimization (default: as many as fit, up to the device's best).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: WorkersOption = None,
+    overrides: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Render every channel of a model's layers into a static site.
+
+    Each layer's channels are rendered as a sweep (every seed, batched); with --data, one pass
+    finds every unit's dataset examples (and --groups, --atlas add each spatial layer's
+    neuron groups and activation atlas). Then the site: index.html (the model and its layers),
+    a page per layer (every channel, sortable by the objective reached) and a page per
+    channel (its renders, curve, diversity, examples and the command that renders it). It
+    opens from file:// (or `fvis serve SITE`). Run it again to add layers or seeds: what is
+    there is kept.
+    """
+    import shlex  # lazy: start-up time
+    import sys  # lazy: start-up time
+
+    from fvis import microscope as site_builder  # lazy: start-up time
+    from fvis.models import build_network  # lazy: start-up time
+
+    if (groups or atlas) and data is None:
+        fail("--groups and --atlas read a dataset: pass --data SOURCE as well")
+    loaded = _load(config, overrides)
+    folder = out_dir or loaded.config.output.dir / f"{loaded.config.name}-microscope"
+    with user_errors(loaded.source):
+        given = _layer_list(layers, loaded.config)
+    names = list(dict.fromkeys([*site_builder.built_layers(folder), *given]))
+    scan: Scan | None = None
+    if data is not None:
+        loaded, scan = _scan(config, overrides, data, names, 64, workers)
+        network = scan.network
+    else:
+        with user_errors(loaded.source):
+            network = build_network(loaded.config.model, config.parent)
+        _user_code(loaded.config.model, loaded.source, ("model",))
+    cfg = loaded.config
+    settings = site_builder.Settings(
+        config,
+        tuple(overrides or []),
+        tuple(names),
+        seeds=seeds,
+        top=top,
+        groups=groups,
+        atlas=atlas,
+        batch=batch,
+        data=data,
+        command=shlex.join(["fvis", *sys.argv[1:]]),
+    )
+    total = len(scan.images) if scan else 0
+    with (
+        user_errors(loaded.source),
+        _image_progress(f"examples {cfg.name}", total, quiet or not scan) as progress,
+    ):
+        index = site_builder.run(
+            settings, loaded, network, folder, scan, force, None if quiet else note, progress
+        )
+    say(str(index))
+
+
+@app.command()
+def serve(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A site folder that `fvis microscope --out SITE` wrote.",
+            metavar="SITE",
+            show_default=False,
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 listens on every interface.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")
+    ] = 8000,
+) -> None:
+    """Serve a microscope's site over HTTP until Ctrl-C.
+
+    Prints the address to open. The pages open from file:// just as well: a server is for a
+    browser on another machine (with --host 0.0.0.0), or one that restricts local files.
+    """
+    from fvis import site  # lazy: start-up time
+
+    with user_errors():
+        site.serve(folder, host, port)
 
 
 @zoo_app.command("list")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from rich.table import Table
 from rich.text import Text
 
+from fvis.curves import FILE as CURVES
 from fvis.errors import UserError
 from fvis.io import png_bytes, read_image, write_atomic
 from fvis.writers import grid
@@ -488,8 +489,11 @@ def _run_folders(root: Path, skip: Path) -> dict[str, list[str]]:
 
 
 def _pngs(root: Path, skip: Path) -> list[str]:
-    """Relative paths of the PNGs under root, outside `skip` (the diff folder)."""
-    paths = (p for p in root.rglob("*.png") if p.is_file() and not _inside(p, skip))
+    """Relative paths of the PNGs under root, outside `skip` (the diff folder); curves.png is
+    left out: a picture of the history run.json holds, its text drawn by matplotlib's fonts."""
+    paths = (
+        p for p in root.rglob("*.png") if p.is_file() and p.name != CURVES and not _inside(p, skip)
+    )
     return sorted(p.relative_to(root).as_posix() for p in paths)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from fvis.errors import UserError
 from fvis.hooks import Capture, select
 from fvis.io import png_bytes, read_image, to_json, to_pil, write_atomic
 from fvis.models import Network
+from fvis.scan import Outcome, Progress, Scan
 from fvis.writers import versions
 
 INDEX = "groups.json"
@@ -67,6 +69,22 @@ PALETTE = (
     (0.00, 0.00, 0.50),
     (0.50, 1.00, 0.50),
 )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What groups are made of: the layer (its name as given), the number of groups, positions
+    sampled per image of the data, the seed of the sample and of NMF, the data source as given
+    (recorded in groups.json), and the config at `config` with its `overrides` that renders
+    each group."""
+
+    layer: str
+    count: int
+    config: Path
+    overrides: tuple[str, ...] = ()
+    per_image: int = 4
+    seed: int = 0
+    data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +306,69 @@ def finish(
     }
     write_atomic(folder / INDEX, to_json(index))
     return folder / INDEX
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `run` wrote and found: groups.json, the factors, the positions factored and what
+    the pass over the data read (None without data)."""
+
+    index: Path
+    factors: Factors
+    positions: int
+    outcome: Outcome | None
+
+
+def run(
+    network: Network,
+    spec: str,
+    settings: Settings,
+    folder: Path,
+    scan: Scan | None = None,
+    image: Path | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Written:
+    """The groups of a layer in `folder` (held and claimed): its activations on positions
+    sampled over the scan's images and/or on `image`, factored, each group rendered with the
+    settings' config; the checkpoint of the pass is removed once groups.json is written."""
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    sampled = fitted = shown = acts = None
+    outcome = None
+    if scan is not None:
+        positions = Positions(settings.layer, settings.per_image, settings.seed)
+        outcome = scan.run(positions, folder / CHECKPOINT, resume, progress)
+        sampled = fitted = positions.vectors()
+    if image is not None:
+        shown, acts = image_activations(network, spec, image)
+        fitted = acts.flatten(1).T if fitted is None else fitted
+    if fitted is None:
+        raise ValueError("groups.run needs a scan, an image or both")
+    start = timed(seconds, "activations", start)
+    check_groups(settings.count, fitted)
+    factors = factor(fitted, settings.count, settings.seed, acts)
+    start = timed(seconds, "factoring", start)
+    tensors = save_tensors(folder, factors, sampled)
+    rows = vectors.Rows(settings.config, settings.overrides, settings.layer, tensors, "channels")
+    renders = folder / f"renders-{digest(factors.channels)}"
+    paths = vectors.render_rows(rows, settings.count, renders, None, log)
+    timed(seconds, "renders", start)
+    info = {
+        "layer": settings.layer,
+        "spec": spec,
+        "count": settings.count,
+        "image": None if image is None else str(image),
+        "data": None if scan is None else settings.data,
+        "per_image": settings.per_image if scan is not None else None,
+        "positions": int(fitted.shape[0]),
+        "seed": settings.seed,
+        "seconds": seconds,
+    }
+    index = finish(folder, factors, rows, paths, shown, info)
+    (folder / CHECKPOINT).unlink(missing_ok=True)
+    return Written(index, factors, int(fitted.shape[0]), outcome)
 
 
 def timed(seconds: dict[str, float], name: str, start: float) -> float:

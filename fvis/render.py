@@ -114,7 +114,7 @@ class Renderer:
         schedule, options = plan.schedule, plan.options
         self.adam = torch.optim.Adam(plan.param.parameters(), lr=schedule.lr)
         self.leaves = list(plan.objective.leaves())
-        self.names = _term_names(self.leaves)
+        self.names = term_names(self.leaves)
         self.batch = plan.batch
         self.logged = _logged_steps(schedule.steps, (1 + len(self.leaves)) * self.batch)
         self.row = {step: i for i, step in enumerate(self.logged)}
@@ -341,7 +341,7 @@ def render(plan: Plan, progress: Progress | None = None) -> Result:
     return Renderer(plan).run(progress)
 
 
-def _term_names(leaves: list[Any]) -> list[str]:
+def term_names(leaves: list[Any]) -> list[str]:
     """Each leaf's name, made unique with #2, #3... when two leaves share one."""
     names: list[str] = []
     for leaf in leaves:

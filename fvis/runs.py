@@ -50,7 +50,8 @@ LOCK = ".fvis.lock"
 TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 """The temporaries of `fvis.io.write_atomic` (tempfile.mkstemp's 8 random characters)."""
 OUTPUTS = re.compile(
-    r"grid\.png|(image|transparency)_\d+\.png|cppn\.safetensors|config\.yaml|checkpoint\.pt"
+    r"grid\.png|curves\.png|(image|transparency)_\d+\.png|cppn\.safetensors|config\.yaml"
+    r"|checkpoint\.pt"
     r"|run\.json|attributions\.safetensors|attribution\.json"
 )
 """The files fvis writes in a run folder (render and attribute): the only ones --force removes."""

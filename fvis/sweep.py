@@ -6,8 +6,9 @@ runs. Batch item i optimizes item i's objective with the random stream a render 
 own config gives its image 0 (items with one seed start from the same noise): optimized alone,
 an item is byte for byte the `image_0.png` of `fvis render --set objective.channel=5`; in a
 batch, the same up to the float rounding of batched kernels. A sweep folder holds one PNG per
-item, a labelled contact sheet and `sweep.json`; rerunning skips the items already there. A
-sweep holds at most MAX_ITEMS items, counted before any is made.
+item, a labelled contact sheet, curves.png (each item's objective over the steps) and
+`sweep.json`, which records each item's curve; rerunning skips the items already there. A sweep
+holds at most MAX_ITEMS items, counted before any is made.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from typing import Any
 import torch
 import yaml
 
-from fvis import budget
+from fvis import budget, curves
 from fvis.build import build_plan, memory_need
 from fvis.config import KINDS, Config, Loaded, Source, load_config
 from fvis.errors import SpecError, UserError
 from fvis.io import png_bytes, to_json, to_pil, write_atomic
 from fvis.models import resolve_device
-from fvis.render import Renderer, Result
+from fvis.objectives.batch import ItemWise
+from fvis.render import Renderer, term_names
 from fvis.runs import locked
 from fvis.writers import contact_sheet
 
@@ -42,6 +44,10 @@ SHEET = "sheet.png"
 MAX_ITEMS = 8_000
 # Integers in a range START:STOP[:STEP] at most this many digits long.
 MAX_DIGITS = 18
+# Points of an item's curve in sweep.json at most (evenly spaced, the last step kept), and their
+# significant digits: each series of an item then takes at most about 3 kB of sweep.json.
+CURVE_POINTS = 256
+CURVE_DIGITS = 6
 
 
 class SweepFailed(UserError):
@@ -241,9 +247,9 @@ def _fill(
         pending = [chunk]
         while pending:
             part = pending.pop(0)
-            result = _render(part, path.parent, on_built)
-            on_built = on_built if result is None else None  # called once a build succeeded
-            if result is None or result.out_of_memory:
+            renderer = _render(part, path.parent, on_built)
+            on_built = on_built if renderer is None else None  # called once a build succeeded
+            if renderer is None or renderer.result.out_of_memory:
                 if len(part) == 1:
                     raise SweepFailed(
                         f"{path}: {part[0].key}: out of {_device_name(part[0])} memory with one "
@@ -256,24 +262,29 @@ def _fill(
                     )
                 pending[:0] = [part[:half], part[half:]]  # retry with half the batch
                 continue
-            if result.failure:
-                raise SweepFailed(f"{path}: {part[0].key}: {result.failure}")
+            if renderer.result.failure:
+                raise SweepFailed(f"{path}: {part[0].key}: {renderer.result.failure}")
             try:
-                _write_items(folder, path, part, result, index)
+                _write_items(folder, path, part, renderer, index)
             except UserError as exc:  # a full disk: the items written so far stay, indexed
                 raise SweepFailed(f"{exc}; rerun the sweep to render the rest") from None
             if progress:
                 progress(f"{len(index)}/{len(items)} items ({part[-1].key})")
     done = [i for i in items if i.key in index]
     sheet = contact_sheet([folder / i.file for i in done], [_caption(i.key) for i in done])
-    write_atomic(folder / SHEET, png_bytes(sheet))
+    _update(folder / SHEET, png_bytes(sheet))
+    if items[0].config.output.curves:  # items share their output settings
+        axes = ", ".join(o.partition("=")[0] for o in items[0].overrides)
+        title = f"{items[0].config.name or folder.name}: a sweep over {axes}"
+        _write_curves(folder / curves.FILE, title, [(_caption(i.key), index[i.key]) for i in done])
     return index
 
 
 def _write_items(
-    folder: Path, path: Path, part: list[SweepItem], result: Result, index: dict[str, Any]
+    folder: Path, path: Path, part: list[SweepItem], renderer: Renderer, index: dict[str, Any]
 ) -> None:
     """Each item's PNG, then the index naming it (an item is done once both are written)."""
+    result = renderer.result
     for b, item in enumerate(part):
         write_atomic(folder / item.file, png_bytes(to_pil(result.final.images[b])))
         index[item.key] = {
@@ -281,13 +292,72 @@ def _write_items(
             "overrides": item.overrides,
             "objective": result.final.objective[b],
             "seconds_per_step": result.seconds / max(result.steps_done, 1) / len(part),
+            "curve": _curve(renderer, b),
         }
     write_atomic(folder / INDEX, to_json({"config": str(path), "items": index}))
 
 
+def _curve(renderer: Renderer, b: int) -> dict[str, Any]:
+    """Item `b`'s trace as sweep.json records it: {"steps": [...], "objective": [...],
+    "terms": {name: [...]}}, its own terms named as its own render names them, values as
+    optimized (on randomly transformed images, before each step's update), at most
+    CURVE_POINTS of them, rounded to CURVE_DIGITS significant digits."""
+    result = renderer.result
+    steps = result.trace_steps
+    stride = max(1, -(-len(steps) // CURVE_POINTS))
+    kept = range(len(steps) - 1, -1, -stride)[::-1]
+
+    def column(name: str) -> list[float]:
+        return [float(f"{result.trace[name][i][b]:.{CURVE_DIGITS}g}") for i in kept]
+
+    return {
+        "steps": [steps[i] for i in kept],
+        "objective": column("objective"),
+        "terms": {own: column(name) for own, name in _own_terms(renderer, b).items()},
+    }
+
+
+def _own_terms(renderer: Renderer, b: int) -> dict[str, str]:
+    """Item `b`'s terms: their names in a render of the item alone -> in the batch's trace,
+    which holds every item's terms (ItemWise, one objective per item; one item's Masked holds
+    its own), each computed on every item's image, and numbers a name shared by items (#2)."""
+    objective = renderer.plan.objective
+    own = list((objective.terms[b] if isinstance(objective, ItemWise) else objective).leaves())
+    traced = {id(leaf): name for leaf, name in zip(renderer.leaves, renderer.names, strict=True)}
+    return {name: traced[id(leaf)] for leaf, name in zip(own, term_names(own), strict=True)}
+
+
+def _write_curves(path: Path, title: str, done: list[tuple[str, dict[str, Any]]]) -> None:
+    """curves.png: each item's objective (thin) from the curve sweep.json records for it, and
+    their mean at the steps all of them have; items without a curve (indexed by an older fvis)
+    are left out, and with none nothing is written."""
+    drawn = {
+        caption: (entry["curve"]["steps"], entry["curve"]["objective"])
+        for caption, entry in done
+        if (entry.get("curve") or {}).get("steps")
+    }
+    if not drawn:
+        return
+    by_step = [dict(zip(*line, strict=True)) for line in drawn.values()]
+    shared = sorted(set.intersection(*(set(values) for values in by_step)))
+    mean = [sum(values[s] for values in by_step) / len(by_step) for s in shared]
+    _update(path, curves.png(title, {"mean": (shared, mean)}, drawn))
+
+
+def _update(path: Path, data: bytes) -> None:
+    """Write `data` to `path` unless it holds them already: a rerun that renders nothing new
+    leaves the folder as it was (its files' times included; both pictures are deterministic)."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    write_atomic(path, data)
+
+
 def _render(
     part: list[SweepItem], base: Path, on_built: Callable[[], None] | None = None
-) -> Result | None:
+) -> Renderer | None:
     """One optimization of `part`'s items; None if building it ran out of memory. `on_built`
     is called between building the optimization and running it.
 
@@ -310,7 +380,9 @@ def _render(
         raise UserError(culprit.source.error(exc) if culprit.source else exc.message) from None
     if on_built:
         on_built()
-    return Renderer(plan).run()
+    renderer = Renderer(plan)
+    renderer.run()
+    return renderer
 
 
 def _device_name(item: SweepItem) -> str:

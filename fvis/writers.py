@@ -1,4 +1,5 @@
-"""Writing a run: labelled PNG grid, one PNG per image, run.json and the resolved config.
+"""Writing a run: labelled PNG grid, one PNG per image, curves.png, run.json and the resolved
+config.
 
 Every file is written with `fvis.io.write_atomic` (to a temporary name in its folder, then
 renamed into place), so a reader never sees half a file.
@@ -15,6 +16,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 import fvis
+from fvis import curves
 from fvis.config import Config
 from fvis.errors import UserError
 from fvis.extras import param_files
@@ -72,8 +74,9 @@ def grid(
 
 
 def write_run(run_dir: Path, config: Config, plan: Plan, result: Result) -> list[str]:
-    """grid.png, image_<i>.png per final image, config.yaml (the resolved `config`) and
-    run.json, written last so that it never describes files not yet there; returns file names.
+    """grid.png, image_<i>.png per final image, curves.png (unless output.curves is off or the
+    run has no trace yet), config.yaml (the resolved `config`) and run.json, written last so
+    that it never describes files not yet there; returns file names.
 
     A grid too large for memory is a UserError naming grid.png (the caller decides whether that
     fails a run); a file that cannot be written is one from `write_atomic`.
@@ -102,12 +105,31 @@ def write_run(run_dir: Path, config: Config, plan: Plan, result: Result) -> list
     for b in range(batch):
         files[f"image_{b}.png"] = png_bytes(to_pil(snaps[-1].images[b], config.param.alpha))
     files.update(param_files(plan.param, snaps[-1].images))
+    if config.output.curves and result.trace_steps:
+        title = f"{config.name or run_dir.name}: {plan.objective.name}"
+        files[curves.FILE] = curve_png(title, result)
     resolved = config.model_dump(mode="json")
     files["config.yaml"] = yaml.safe_dump(resolved, sort_keys=False).encode()
     for name, data in files.items():
         write_atomic(run_dir / name, data)
     write_metadata(run_dir, config, plan, result, sorted(files))
     return [*files, "run.json"]
+
+
+def curve_png(title: str, result: Result) -> bytes:
+    """curves.png of a run's trace: the objective's mean over the batch (each item's thin
+    beside it) and, below, each term's, unless every term is the objective itself."""
+    steps = result.trace_steps
+    means = {
+        name: (steps, [sum(row) / len(row) for row in rows]) for name, rows in result.trace.items()
+    }
+    objective = means.pop("objective")
+    terms = {} if all(line == objective for line in means.values()) else means
+    rows = result.trace["objective"]  # [logged step][batch item]
+    batch = len(rows[0])
+    thin = {f"#{b}": (steps, [row[b] for row in rows]) for b in range(batch)} if batch > 1 else {}
+    label = "objective (mean)" if thin else "objective"
+    return curves.png(title, {label: objective}, thin, terms)
 
 
 def write_metadata(

@@ -29,6 +29,8 @@ COMMANDS = [
     "groups",
     "grid",
     "atlas",
+    "microscope",
+    "serve",
 ]
 
 

@@ -48,6 +48,7 @@ def test_outputs_and_metadata(cli, write_config, workdir) -> None:
     assert result.stdout.strip() == str(Path("outputs/cfg/grid.png"))
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.yaml",
+        "curves.png",
         "grid.png",
         "image_0.png",
         "image_1.png",

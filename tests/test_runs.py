@@ -178,7 +178,14 @@ def test_force_replaces_a_run_folder_as_a_whole(cli, write_config, workdir: Path
     one = write_config(tiny_config(optim={"steps": 2}), "one.yaml")
     assert cli("render", one, "--quiet", "--out", "run", "--force").exit_code == 0
     files = sorted(p.name for p in (workdir / "run").iterdir())
-    assert files == ["config.yaml", "grid.png", "image_0.png", "notes.txt", "run.json"]
+    assert files == [
+        "config.yaml",
+        "curves.png",
+        "grid.png",
+        "image_0.png",
+        "notes.txt",
+        "run.json",
+    ]
 
 
 @pytest.mark.parametrize("force", [False, True])

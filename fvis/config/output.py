@@ -23,3 +23,9 @@ class OutputSpec(Node):
         description="Also write transparency_<i>.png: each final image with an opacity map from "
         "the absolute image gradients accumulated over the optimization (MACO's attribution).",
     )
+    curves: bool = Field(
+        True,
+        description="Also write curves.png (render and sweep folders): the objective and each "
+        "term over the optimization steps. Costs matplotlib's import, about 0.7 s, once per "
+        "process; false imports nothing.",
+    )

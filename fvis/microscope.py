@@ -1,0 +1,465 @@
+"""fvis microscope: every channel of a model's layers rendered, with its dataset examples, the
+layers' neuron groups and atlases, gathered into a static site (`fvis.site`).
+
+A microscope folder holds one sweep per layer (`LAYER/renders`, every channel by every seed,
+batched and resumable as `fvis sweep` is), the dataset examples of all its layers in one pass
+(`examples/`, with --data), a layer's groups and atlas where asked (`LAYER/groups`,
+`LAYER/atlas`), then `microscope.json`, the manifest the site is built from, and the pages.
+Running it again renders only what is missing: a new layer, a new seed; a rebuild with nothing
+new only rewrites the manifest and the pages that changed. A folder made from another config
+is refused, unless --force, which renders it again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from fvis import atlas, groups, runs, site, zoo
+from fvis import examples as dataset_examples
+from fvis.compare import ssim
+from fvis.config import Config, Loaded, ZooModelSpec
+from fvis.errors import UserError
+from fvis.hooks import Capture, select
+from fvis.io import read_image, to_json, write_atomic
+from fvis.models import Network
+from fvis.scan import Scan, layer_specs
+from fvis.sweep import run_sweep
+from fvis.writers import versions
+
+FORMAT = "fvis-microscope-1"
+MANIFEST = "microscope.json"
+CONFIG = "config.yaml"
+EXAMPLES = "examples"
+RENDERS = "renders"
+RESERVED = {EXAMPLES, "assets"}
+"""Folder names of the site's own: a layer never gets one as its folder."""
+TOP_NAMED = 5
+"""Top examples a channel's page names (with their values) beside the sheet."""
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a microscope is made of: the config at `config` with its `overrides`, the layers
+    (names as given), seeds per channel, examples per ranking, neuron groups per layer and the
+    atlas's cells a side (None: none), channels per optimization (None: as a sweep chooses),
+    the data source as given (--data) and the command line that asked for it (both shown on
+    the index)."""
+
+    config: Path
+    overrides: tuple[str, ...]
+    layers: tuple[str, ...]
+    seeds: int = 1
+    top: int = 9
+    groups: int | None = None
+    atlas: int | None = None
+    batch: int | None = None
+    data: str | None = None
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer as the site shows it: its name, spec, folder (`slug`), module type, output
+    shape without the batch ([C, H, W], [T, C] or [C]) and its units' names (a classifier's
+    classes; empty: unnamed)."""
+
+    name: str
+    spec: str
+    slug: str
+    type: str
+    shape: tuple[int, ...]
+    names: tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return self.shape[-1] if len(self.shape) == 2 else self.shape[0]
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3
+
+
+# ----------------------------------------------------------------------------- the layers
+
+
+def model_layers(
+    network: Network, names: Sequence[str], hooks: dict[str, str], classes: Sequence[str]
+) -> list[Layer]:
+    """The layers `names` of the network with their shapes (one forward of a grey image) and
+    folders; a flat layer with one unit per class is named by `classes`."""
+    specs = layer_specs(network, list(names), hooks, "--layers")
+    probe = torch.full((1, network.prep.channels, *network.prep.size), 0.5)
+    network.to(torch.device("cpu"))
+    with torch.no_grad(), Capture(network.model, specs.values(), network) as capture:
+        outputs = capture.run(probe)
+    found: list[Layer] = []
+    taken = set(RESERVED)
+    for name, spec in specs.items():
+        try:
+            shape = tuple(select(outputs, spec).shape[1:])
+        except TypeError as exc:  # a tuple or dict output, or a selector that does not fit it
+            raise UserError(f"--layers {name}: {exc}") from None
+        if len(shape) not in (1, 2, 3):
+            raise UserError(
+                f"--layers {name}: an output of shape {[1, *shape]}; expected [B, C], "
+                "[B, T, C] (tokens) or [B, C, H, W]"
+            )
+        named = tuple(classes) if len(shape) == 1 and shape[0] == len(classes) else ()
+        slug = _slug(name, taken)
+        taken.add(slug)
+        found.append(Layer(name, spec, slug, _module_type(network, spec), shape, named))
+    return found
+
+
+def _slug(name: str, taken: set[str]) -> str:
+    """A folder name for a layer: its name with anything but letters, digits, '.', '_' and '-'
+    replaced, made unique among `taken` with -2, -3..."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "layer"
+    slug = base
+    for n in itertools.count(2):
+        if slug not in taken:
+            return slug
+        slug = f"{base}-{n}"
+    raise AssertionError("unreachable")
+
+
+def _module_type(network: Network, spec: str) -> str:
+    """The class name of the module a layer spec reads ('(model output)' for the output)."""
+    try:
+        return type(network.model.get_submodule(spec.split("[")[0].split(":")[0])).__name__
+    except AttributeError:
+        return "(model output)"
+
+
+# ----------------------------------------------------------------------------- the renders
+
+
+def objective(layer: Layer, channel: int = 0) -> str:
+    """The `--set` that makes a config's objective a channel of `layer` (flow YAML)."""
+    node = {"kind": "channel", "layer": layer.name, "channel": channel}
+    return f"objective={json.dumps(node)}"
+
+
+def render_layer(settings: Settings, layer: Layer, folder: Path, log: Log | None) -> dict[str, Any]:
+    """Every channel of `layer` by every seed, as a sweep into `folder` (those already there
+    are kept); returns the sweep's index."""
+    sets = [*settings.overrides, "param.batch=1", objective(layer)]
+    overs = [f"objective.channel=0:{layer.channels}", f"seed=0:{settings.seeds}"]
+    _, index = run_sweep(
+        settings.config, sets, overs, folder, settings.batch, prefixed(log, layer.name)
+    )
+    return index
+
+
+def prefixed(log: Log | None, prefix: str) -> Log | None:
+    """`log` with every line led by `prefix` (a layer's name)."""
+    if log is None:
+        return None
+    return lambda line: log(f"{prefix}: {line}")
+
+
+def command(settings: Settings, layer: Layer, channel: int, seed: int) -> str:
+    """The shell line that renders one channel's image alone, as a normal config."""
+    sets = [*settings.overrides, "param.batch=1", objective(layer, channel), f"seed={seed}"]
+    words = ["fvis", "render", str(settings.config), *(w for s in sets for w in ("--set", s))]
+    return shlex.join(words)
+
+
+def diversity(files: Sequence[Path]) -> float | None:
+    """Mean pairwise 1 - SSIM of a channel's renders (one per seed): 0 when the seeds all give
+    one picture; None for a single render."""
+    if len(files) < 2:
+        return None
+    images = [read_image(path) for path in files]
+    pairs = list(itertools.combinations(images, 2))
+    return round(sum(1 - ssim(a, b) for a, b in pairs) / len(pairs), 4)
+
+
+# -------------------------------------------------------------- examples, groups and atlases
+
+
+def find_examples(scan: Scan, folder: Path, top: int, progress: Any) -> dict[str, Any]:
+    """The dataset examples of the scan's layers in `folder`: those already there when they
+    were found over the same data for these layers and more, else one pass anew."""
+    index_path = folder / dataset_examples.INDEX
+    index = _read(index_path)
+    same = index.get("data") == scan.identity.get("data") and index.get("top") == top
+    if same and set(scan.layers) <= set(index.get("layers", ())):
+        return index
+    with runs.locked(folder):
+        dataset_examples.claim(folder, True, False)
+        found = dataset_examples.measure(scan, dataset_examples.layers(scan, None))
+        dataset_examples.run(scan, found, top, folder, False, progress)
+    return json.loads(index_path.read_text())
+
+
+def layer_groups(
+    scan: Scan, settings: Settings, layer: Layer, seed: int, folder: Path, log: Log | None
+) -> None:
+    """The layer's neuron groups over the data in `folder`, unless already there for as many
+    groups over the same data."""
+    count = settings.groups
+    assert count is not None
+    found = _read(folder / groups.INDEX)
+    if found.get("count") == count and found.get("data") == settings.data:
+        return
+    chosen = groups.Settings(
+        layer.name, count, settings.config, settings.overrides, seed=seed, data=settings.data
+    )
+    with runs.locked(folder):
+        groups.claim(folder, True, False)
+        log = prefixed(log, f"{layer.name} groups")
+        groups.run(scan.network, layer.spec, chosen, folder, scan, log=log)
+
+
+def layer_atlas(
+    scan: Scan, settings: Settings, layer: Layer, seed: int, folder: Path, log: Log | None
+) -> None:
+    """The layer's activation atlas in `folder`, unless already there with as many cells
+    over the same data."""
+    grid = settings.atlas
+    assert grid is not None
+    found = _read(folder / atlas.INDEX)
+    made = found.get("parameters", {}).get("grid")
+    if made == grid and found.get("data") == scan.identity.get("data"):
+        return
+    one = replace(scan, layers={layer.name: layer.spec})  # the pass reads this layer alone
+    chosen = atlas.Settings(layer.name, grid=grid, seed=seed, classes=tuple(scan.images.classes))
+    with runs.locked(folder):
+        atlas.claim(folder, True, False)
+        log = prefixed(log, f"{layer.name} atlas")
+        atlas.run(one, chosen, settings.config, settings.overrides, folder, log=log)
+
+
+def _read(index: Path) -> dict[str, Any]:
+    """A JSON index's top level; empty where it is missing or unreadable."""
+    try:
+        found = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+def built_layers(folder: Path) -> list[str]:
+    """The layers a microscope folder already shows (none for a new folder): a run adds its
+    layers to them."""
+    return [layer["name"] for layer in _read(folder / MANIFEST).get("layers", ())]
+
+
+def identity(loaded: Loaded) -> dict[str, Any]:
+    """What the renders depend on: the resolved config but its name and outputs."""
+    return loaded.config.model_dump(mode="json", exclude={"name", "output"})
+
+
+def claim(folder: Path, loaded: Loaded, force: bool) -> None:
+    """Refuse a folder holding something else, or a microscope of another config (unless
+    `force`: then its renders and examples are made again)."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        if any(p.name != runs.LOCK for p in folder.iterdir()):
+            raise UserError(
+                f"{folder}: not empty and not a microscope folder (no {MANIFEST}); choose a new "
+                "or empty folder with --out DIR"
+            )
+        return
+    try:
+        old = json.loads(manifest.read_text())
+        layers, made_from = old["layers"], old["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{manifest}: not a microscope manifest; choose another --out") from None
+    if made_from == identity(loaded):
+        return
+    if not force:
+        changed = sorted(k for k in made_from.keys() | identity(loaded).keys()
+                         if made_from.get(k) != identity(loaded).get(k))  # fmt: skip
+        raise UserError(
+            f"{folder}: a microscope of another config (its {', '.join(changed)} differ); pass "
+            "--force to render it again, or choose another --out"
+        )
+    for layer in layers:
+        (folder / layer["slug"] / RENDERS / "sweep.json").unlink(missing_ok=True)
+    (folder / EXAMPLES / dataset_examples.INDEX).unlink(missing_ok=True)
+
+
+def units(
+    settings: Settings,
+    layer: Layer,
+    index: dict[str, Any],
+    folder: Path,
+    found: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Each channel of a layer as the manifest lists it: its renders, objectives, curves,
+    diversity, examples and the command that renders it."""
+    sheets = {u["unit"]: u for u in found["layers"][layer.name]["units"]} if found else {}
+    renders = f"{layer.slug}/{RENDERS}"
+    listed = []
+    for c in range(layer.channels):
+        items = [index[f"objective.channel={c},seed={s}"] for s in range(settings.seeds)]
+        files = [f"{renders}/{item['file']}" for item in items]
+        curves = [item.get("curve") for item in items]
+        unit = sheets.get(c)
+        ranking = None if unit is None else unit.get("top_mean", unit.get("top"))
+        listed.append(
+            {
+                "channel": c,
+                "name": layer.names[c] if layer.names else None,
+                "renders": files,
+                "objective": [round(item["objective"], 4) for item in items],
+                "curve": None
+                if None in curves
+                else {
+                    "steps": curves[0]["steps"],
+                    "objective": [curve["objective"] for curve in curves],
+                },
+                "diversity": diversity([folder / f for f in files]),
+                "examples": None if unit is None else f"{EXAMPLES}/{unit['sheet']}",
+                "top": None
+                if ranking is None
+                else [{"image": e["image"], "value": round(e["value"], 4)} for e in ranking][
+                    :TOP_NAMED
+                ],
+                "command": command(settings, layer, c, 0),
+            }
+        )
+    return listed
+
+
+def layer_entry(
+    settings: Settings,
+    layer: Layer,
+    index: dict[str, Any],
+    folder: Path,
+    found: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A layer as the manifest lists it, with its pictures where they exist."""
+
+    def where(path: str) -> str | None:
+        return path if (folder / path).is_file() else None
+
+    return {
+        "name": layer.name,
+        "slug": layer.slug,
+        "type": layer.type,
+        "shape": list(layer.shape),
+        "channels": layer.channels,
+        "sheet": where(f"{layer.slug}/{RENDERS}/sheet.png"),
+        "curves": where(f"{layer.slug}/{RENDERS}/curves.png"),
+        "groups": where(f"{layer.slug}/groups/{groups.PICTURE}"),
+        "atlas": where(f"{layer.slug}/atlas/{atlas.PICTURE}"),
+        "units": units(settings, layer, index, folder, found),
+    }
+
+
+# ----------------------------------------------------------------------------- the whole
+
+
+def run(
+    settings: Settings,
+    loaded: Loaded,
+    network: Network,
+    folder: Path,
+    scan: Scan | None = None,
+    force: bool = False,
+    log: Log | None = None,
+    progress: Any = None,
+) -> Path:
+    """Render what `folder` lacks, find the examples, groups and atlases asked for, write the
+    manifest and build the site; returns its index.html."""
+    config = loaded.config
+    with runs.locked(folder):
+        claim(folder, loaded, force)
+        layers = model_layers(network, settings.layers, config.hooks, class_names(config, scan))
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        indices = {
+            layer.name: render_layer(settings, layer, folder / layer.slug / RENDERS, log)
+            for layer in layers
+        }
+        start = _lap(seconds, "renders", start)
+        found = None
+        if scan is not None:
+            found = find_examples(scan, folder / EXAMPLES, settings.top, progress)
+            start = _lap(seconds, "examples", start)
+            for layer in layers:
+                if settings.groups and layer.spatial:
+                    layer_groups(
+                        scan, settings, layer, config.seed, folder / layer.slug / "groups", log
+                    )
+                if settings.atlas and layer.spatial:
+                    layer_atlas(
+                        scan, settings, layer, config.seed, folder / layer.slug / "atlas", log
+                    )
+            start = _lap(seconds, "groups and atlases", start)
+        entries = [
+            layer_entry(settings, layer, indices[layer.name], folder, found) for layer in layers
+        ]
+        write_atomic(
+            folder / CONFIG,
+            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode(),
+        )
+        manifest = {
+            "format": FORMAT,
+            "title": config.name,
+            "command": settings.command,
+            "config": CONFIG,
+            "identity": identity(loaded),
+            "versions": versions(),
+            "model": {
+                "description": describe(config.model.model_dump(mode="json")),
+                "parameters": sum(p.numel() for p in network.model.parameters()),
+                "input": [network.prep.channels, *network.prep.size],
+            },
+            "data": settings.data,
+            "render": render_size(folder, entries),
+            "seeds": list(range(settings.seeds)),
+            "steps": config.optim.steps,
+            "seconds": seconds,
+            "layers": entries,
+        }
+        write_atomic(folder / MANIFEST, to_json(manifest))
+        site.build(folder)
+    return folder / "index.html"
+
+
+def class_names(config: Config, scan: Scan | None) -> tuple[str, ...]:
+    """The model's classes by logit: a zoo model's own, else the data's (none without)."""
+    if isinstance(config.model, ZooModelSpec):
+        return zoo.get(config.model.name).classes
+    return tuple(scan.images.classes) if scan is not None else ()
+
+
+def render_size(folder: Path, entries: list[dict[str, Any]]) -> list[int] | None:
+    """The renders' [H, W] in pixels, from the first (a config's renders share one size)."""
+    for entry in entries:
+        for unit in entry["units"]:
+            return list(read_image(folder / unit["renders"][0]).shape[1:])
+    return None
+
+
+def describe(model: dict[str, Any]) -> str:
+    """A model spec in a few words: 'zoo:shapes', 'torchvision:resnet50', else its fields."""
+    if "source" in model and "name" in model:
+        return f"{model['source']}:{model['name']}"
+    return ", ".join(f"{k}={v}" for k, v in model.items() if k != "input")
+
+
+def _lap(seconds: dict[str, float], stage: str, start: float) -> float:
+    now = time.perf_counter()
+    seconds[stage] = round(now - start, 2)
+    return now
