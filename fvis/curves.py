@@ -42,7 +42,7 @@ def png(
     The same input gives the same bytes in one environment: matplotlib's defaults, not the
     user's matplotlibrc, and no version stamp in the file. Non-finite values leave gaps.
     """
-    with _private_config():
+    with private_matplotlib():
         # Deliberately lazy: matplotlib costs about 0.7 s to import (its font list built anew
         # in the private folder included), paid only by a process that draws curves.
         import matplotlib.style  # lazy: start-up time
@@ -105,13 +105,15 @@ def _shown(text: str, limit: int) -> str:
 
 
 @contextmanager
-def _private_config() -> Iterator[None]:
+def private_matplotlib() -> Iterator[None]:
     """Matplotlib's first import in the process with MPLCONFIGDIR pointed at a temporary folder,
     removed afterwards, and the variable restored: that import creates a config folder and
     writes its font list (by default under ~/.config and ~/.cache), and fvis writes nowhere but
-    its output folders. Once imported, matplotlib keeps the folder it chose: nothing to do."""
-    if "matplotlib" in sys.modules:
-        yield
+    its output folders. Once imported, matplotlib keeps the folder it chose: nothing to do; a
+    folder the user chose (MPLCONFIGDIR set) is theirs to use, and saves the font list's build.
+    curves.png imports it so; `fvis.attribution` too, before Captum (which imports it)."""
+    if "matplotlib" in sys.modules or os.environ.get("MPLCONFIGDIR"):
+        yield  # imported already, or a folder the user chose (its font list then kept)
         return
     before = os.environ.get("MPLCONFIGDIR")
     with tempfile.TemporaryDirectory(prefix="fvis-matplotlib-") as folder:

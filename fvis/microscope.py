@@ -429,7 +429,7 @@ def run(
             "render": render_size(folder, entries),
             "seeds": list(range(settings.seeds)),
             "steps": config.optim.steps,
-            "seconds": seconds,
+            "seconds": spent(folder, seconds),
             "layers": entries,
         }
         write_atomic(folder / MANIFEST, to_json(manifest))
@@ -442,6 +442,14 @@ def class_names(config: Config, scan: Scan | None) -> tuple[str, ...]:
     if isinstance(config.model, ZooModelSpec):
         return zoo.get(config.model.name).classes
     return tuple(scan.images.classes) if scan is not None else ()
+
+
+def spent(folder: Path, seconds: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage over every run that built the folder: this run's added to those its
+    manifest recorded (a rebuild adds little, and the site keeps what building it took)."""
+    before = _read(folder / MANIFEST).get("seconds") or {}
+    stages = dict.fromkeys([*before, *seconds], 0.0)
+    return {k: round(float(before.get(k, 0)) + seconds.get(k, 0), 2) for k in stages}
 
 
 def render_size(folder: Path, entries: list[dict[str, Any]]) -> list[int] | None:

@@ -271,13 +271,40 @@ def _fill(
             if progress:
                 progress(f"{len(index)}/{len(items)} items ({part[-1].key})")
     done = [i for i in items if i.key in index]
+    drawing = items[0].config.output.curves  # items share their output settings
+    if todo or not _pictured(folder, [i.key for i in done], drawing):
+        _draw(folder, path, items, done, index, drawing)
+    return index
+
+
+def _pictured(folder: Path, keys: list[str], drawing: bool) -> bool:
+    """Whether the folder's sheet (and curves, when drawn) show these items already: a rerun
+    with nothing new leaves the folder as it was and costs no drawing."""
+    try:
+        shown = json.loads((folder / INDEX).read_text()).get("pictured")
+    except (OSError, ValueError):
+        return False
+    pictures = [folder / SHEET, *([folder / curves.FILE] if drawing else [])]
+    return shown == keys and all(p.is_file() for p in pictures)
+
+
+def _draw(
+    folder: Path,
+    path: Path,
+    items: list[SweepItem],
+    done: list[SweepItem],
+    index: dict[str, Any],
+    drawing: bool,
+) -> None:
+    """The contact sheet and curves.png of the `done` items, then the index naming them."""
     sheet = contact_sheet([folder / i.file for i in done], [_caption(i.key) for i in done])
     _update(folder / SHEET, png_bytes(sheet))
-    if items[0].config.output.curves:  # items share their output settings
+    if drawing:
         axes = ", ".join(o.partition("=")[0] for o in items[0].overrides)
         title = f"{items[0].config.name or folder.name}: a sweep over {axes}"
         _write_curves(folder / curves.FILE, title, [(_caption(i.key), index[i.key]) for i in done])
-    return index
+    pictured = {"config": str(path), "items": index, "pictured": [i.key for i in done]}
+    write_atomic(folder / INDEX, to_json(pictured))
 
 
 def _write_items(

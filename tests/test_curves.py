@@ -196,8 +196,9 @@ print(os.environ.get("MPLCONFIGDIR"))
 @pytest.mark.parametrize("preset", [False, True], ids=["no-MPLCONFIGDIR", "MPLCONFIGDIR"])
 def test_matplotlib_writes_nowhere_but_the_output_folder(tmp_path: Path, preset: bool) -> None:
     """Matplotlib's first import creates its config folder and writes its font list (under
-    HOME, XDG_CONFIG_HOME, XDG_CACHE_HOME or MPLCONFIGDIR): fvis points it at a temporary
-    folder, removed afterwards (TMPDIR left empty), and restores MPLCONFIGDIR."""
+    HOME, XDG_CONFIG_HOME or XDG_CACHE_HOME): fvis points it at a temporary folder, removed
+    afterwards (TMPDIR left empty), and restores MPLCONFIGDIR; a folder the user chose with
+    MPLCONFIGDIR is used as they asked."""
     folders = {
         name: tmp_path / name.lower()
         for name in ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "TMPDIR", "MPLCONFIGDIR")
@@ -221,5 +222,8 @@ def test_matplotlib_writes_nowhere_but_the_output_folder(tmp_path: Path, preset:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(folders.get("MPLCONFIGDIR"))  # restored, or still unset
     assert sorted(p.name for p in out.iterdir()) == ["curves.png"]
+    chosen = folders.pop("MPLCONFIGDIR", None)
     for name, folder in folders.items():
         assert list(folder.rglob("*")) == [], f"written under {name}"
+    if chosen is not None:
+        assert list(chosen.glob("fontlist-*.json")), "the user's MPLCONFIGDIR is used"

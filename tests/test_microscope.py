@@ -127,12 +127,15 @@ def test_a_rebuild_renders_nothing_new_and_adding_a_layer_keeps_the_rest(
     assert build(cli, out, "--layers", "logits").exit_code == 0
     renders = out / "logits" / "renders"
     before = {p.name: p.stat().st_mtime_ns for p in renders.iterdir()}
+    built = manifest(out)["seconds"]
     again = cli(
         "microscope", QUICKSTART, "--out", out, "--layers", "logits", "--set", "optim.steps=6"
     )
     assert again.exit_code == 0, again.output
     assert "items to render" not in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in renders.iterdir()} == before
+    spent = manifest(out)["seconds"]  # every run's time, the build's kept
+    assert spent.keys() == built.keys() and spent["renders"] >= built["renders"] > 0
     added = build(cli, out, "--layers", "conv1")
     assert added.exit_code == 0, added.output
     assert [layer["name"] for layer in manifest(out)["layers"]] == ["logits", "conv1"]
