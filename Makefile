@@ -57,8 +57,8 @@ bench-data: $(INSTALLED)  ## fvis examples vs the bare forward over the same dat
 bench-atlas: $(INSTALLED)  ## the time of a 20x20 activation atlas of conv4 over 5,000 zoo images; writes benchmarks/atlas.md
 	$(PY) benchmarks/atlas.py
 
-microscope: $(INSTALLED)  ## the built-in model's site: every channel and class, examples over 2,000 images (outputs/microscope)
-	$(FVIS) microscope configs/quickstart.yaml --data zoo:shapes:2000 --out outputs/microscope
+microscope: $(INSTALLED)  ## the built-in model's site: every channel and class, examples and attributions over 2,000 images (outputs/microscope)
+	$(FVIS) microscope configs/quickstart.yaml --data zoo:shapes:2000 --attribution --out outputs/microscope
 
 bench-microscope: $(INSTALLED)  ## the microscope's build and rebuild times, size and screenshots; writes benchmarks/microscope.md
 	rm -rf outputs/microscope

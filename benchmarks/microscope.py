@@ -1,11 +1,11 @@
 """The microscope of the built-in model: its build time, a rebuild's, the site's size and pages.
 
 `fvis microscope` runs as a user runs it (its own process, start-up included) on every layer of
-the built-in model (conv1 to conv4 and the logits: 186 units) with dataset examples over 2,000
-`zoo:shapes` images; then again on the same folder, with nothing new to render. The report
-gives both times, the stages' seconds (from microscope.json), the size of the whole site and
-the weight of its pages, and takes screenshots of the index and of a channel's page in
-headless Chromium (docs/images/, which the README shows).
+the built-in model (conv1 to conv4 and the logits: 186 units) with dataset examples and their
+attribution maps over 2,000 `zoo:shapes` images; then again on the same folder, with nothing
+new to render. The report gives both times, the stages' seconds (from microscope.json), the
+size of the whole site and the weight of its pages, and takes screenshots of the index and of
+a channel's page in headless Chromium (docs/images/, which the README shows).
 
     python benchmarks/microscope.py                      # writes benchmarks/microscope.md
     python benchmarks/microscope.py --count 200 --layers conv1,logits --steps 32   # a quick look
@@ -25,13 +25,18 @@ from bench import machine  # the machine line every benchmark report opens with
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "configs" / "quickstart.yaml"
-SHOTS = {"index.html": "microscope-index.png", "conv3/0012.html": "microscope-channel.png"}
+SHOTS = {
+    "index.html": ("microscope-index.png", 900),
+    "conv3/0012.html": ("microscope-channel.png", 1650),
+}
+"""Pages to screenshot: their picture's name and the window's height (the channel's page down
+to its attribution strip)."""
 
 
 def build(out: Path, count: int, layers: str | None, steps: int | None) -> float:
     """Wall seconds of one `fvis microscope` process into `out`."""
     words = [sys.executable, "-m", "fvis", "microscope", str(CONFIG), "--out", str(out)]
-    words += ["--data", f"zoo:shapes:{count}", "--quiet"]
+    words += ["--data", f"zoo:shapes:{count}", "--attribution", "--quiet"]
     words += ["--layers", layers] if layers else []
     words += ["--set", f"optim.steps={steps}"] if steps else []
     start = time.perf_counter()
@@ -63,9 +68,9 @@ def screenshots(site: Path, out: Path) -> list[Path]:
     driver = start_driver()
     taken = []
     try:
-        driver.set_window_size(1280, 900)
-        for page, name in SHOTS.items():
+        for page, (name, height) in SHOTS.items():
             if (site / page).is_file():
+                driver.set_window_size(1280, height)
                 driver.get((site / page).as_uri())
                 driver.save_screenshot(str(out / name))
                 taken.append(out / name)
@@ -106,7 +111,7 @@ def main() -> None:
             "",
             f"Measured {datetime.date.today()} on {machine()}; `python benchmarks/microscope.py` "
             f"(`make bench-microscope`): `fvis microscope configs/quickstart.yaml --data "
-            f"zoo:shapes:{args.count}` ({args.layers or 'every layer'}, "
+            f"zoo:shapes:{args.count} --attribution` ({args.layers or 'every layer'}, "
             f"{manifest['steps']} steps), then the same command again on the same folder.",
             "",
             *rows,

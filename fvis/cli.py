@@ -1526,6 +1526,13 @@ def microscope(
             show_default=False,
         ),
     ] = None,
+    attribution: Annotated[
+        bool,
+        typer.Option(
+            "--attribution",
+            help="Integrated-gradients maps of each unit on its top images (needs --data).",
+        ),
+    ] = False,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -1560,12 +1567,12 @@ def microscope(
     """Render every channel of a model's layers into a static site.
 
     Each layer's channels are rendered as a sweep (every seed, batched); with --data, one pass
-    finds every unit's dataset examples (and --groups, --atlas add each spatial layer's
-    neuron groups and activation atlas). Then the site: index.html (the model and its layers),
-    a page per layer (every channel, sortable by the objective reached) and a page per
-    channel (its renders, curve, diversity, examples and the command that renders it). It
-    opens from file:// (or `fvis serve SITE`). Run it again to add layers or seeds: what is
-    there is kept.
+    finds every unit's dataset examples (--attribution: where its top images drive it;
+    --groups, --atlas: each spatial layer's neuron groups and activation atlas). Then the
+    site: index.html (the model and its layers), a page per layer (every channel, sortable by
+    the objective reached) and a page per channel (its renders, curve, diversity, examples and
+    the command that renders it). It opens from file:// (or `fvis serve SITE`). Run it again
+    to add layers or seeds: what is there is kept.
     """
     import shlex  # lazy: start-up time
     import sys  # lazy: start-up time
@@ -1573,8 +1580,8 @@ def microscope(
     from fvis import microscope as site_builder  # lazy: start-up time
     from fvis.models import build_network  # lazy: start-up time
 
-    if (groups or atlas) and data is None:
-        fail("--groups and --atlas read a dataset: pass --data SOURCE as well")
+    if (groups or atlas or attribution) and data is None:
+        fail("--groups, --atlas and --attribution read a dataset: pass --data SOURCE as well")
     loaded = _load(config, overrides)
     folder = out_dir or loaded.config.output.dir / f"{loaded.config.name}-microscope"
     with user_errors(loaded.source):
@@ -1597,6 +1604,7 @@ def microscope(
         top=top,
         groups=groups,
         atlas=atlas,
+        attribution=attribution,
         batch=batch,
         data=data,
         command=shlex.join(["fvis", *sys.argv[1:]]),

@@ -24,15 +24,20 @@ from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
 
 from fvis import atlas, groups, runs, site, zoo
 from fvis import examples as dataset_examples
+from fvis.attribution import heatmaps
 from fvis.compare import ssim
 from fvis.config import Config, Loaded, ZooModelSpec
+from fvis.data import Images
 from fvis.errors import UserError
-from fvis.hooks import Capture, select
-from fvis.io import read_image, to_json, write_atomic
+from fvis.filters import gaussian_blur
+from fvis.hooks import Capture, select, split_layer
+from fvis.io import png_bytes, read_image, to_json, to_pil, write_atomic
 from fvis.models import Network
+from fvis.objectives.activation import positions
 from fvis.scan import Scan, layer_specs
 from fvis.sweep import run_sweep
 from fvis.writers import versions
@@ -46,6 +51,13 @@ RESERVED = {EXAMPLES, "assets"}
 """Folder names of the site's own: a layer never gets one as its folder."""
 TOP_NAMED = 5
 """Top examples a channel's page names (with their values) beside the sheet."""
+ATTRIBUTED = 3
+"""Top images by maximum whose attribution a channel's page shows (with --attribution)."""
+IG_STEPS = 16
+"""Integrated gradients' steps from the black image: a Riemann sum fine enough for a map."""
+SMOOTHING = 32
+"""An attribution map is shown blurred by a Gaussian of sigma = the image's side / SMOOTHING
+(2 px at 64 px): unblurred, the maps of the built-in model's noisy images are speckle."""
 
 Log = Callable[[str], None]
 
@@ -54,9 +66,9 @@ Log = Callable[[str], None]
 class Settings:
     """What a microscope is made of: the config at `config` with its `overrides`, the layers
     (names as given), seeds per channel, examples per ranking, neuron groups per layer and the
-    atlas's cells a side (None: none), channels per optimization (None: as a sweep chooses),
-    the data source as given (--data) and the command line that asked for it (both shown on
-    the index)."""
+    atlas's cells a side (None: none), whether the top examples get attribution maps, channels
+    per optimization (None: as a sweep chooses), the data source as given (--data) and the
+    command line that asked for it (both shown on the index)."""
 
     config: Path
     overrides: tuple[str, ...]
@@ -65,6 +77,7 @@ class Settings:
     top: int = 9
     groups: int | None = None
     atlas: int | None = None
+    attribution: bool = False
     batch: int | None = None
     data: str | None = None
     command: str = ""
@@ -139,7 +152,7 @@ def _slug(name: str, taken: set[str]) -> str:
 def _module_type(network: Network, spec: str) -> str:
     """The class name of the module a layer spec reads ('(model output)' for the output)."""
     try:
-        return type(network.model.get_submodule(spec.split("[")[0].split(":")[0])).__name__
+        return type(network.model.get_submodule(split_layer(spec)[0])).__name__
     except AttributeError:
         return "(model output)"
 
@@ -206,6 +219,58 @@ def find_examples(scan: Scan, folder: Path, top: int, progress: Any) -> dict[str
     return json.loads(index_path.read_text())
 
 
+def attributions(
+    network: Network, layer: Layer, units: list[dict[str, Any]], images: Images, folder: Path
+) -> dict[int, str]:
+    """For each unit of `layer` (as examples.json lists them), where its top ATTRIBUTED images
+    by maximum drive it: integrated gradients (Sundararajan et al. 2017; Captum's, from a black
+    image in IG_STEPS steps) of the unit's mean activation over the input, summed over colours,
+    smoothed for display (the images' own noise speckles a pixel map) and drawn over the image
+    on one colour scale per unit (`fvis.attribution.heatmaps`), the images above, their maps
+    below. A strip's name holds its images' ids, so a strip is made once for the same images.
+    Returns {unit: the strip's path relative to the site}."""
+    # Captum costs about a second to import; fvis.attribution (imported above) has given the
+    # matplotlib it imports a private folder.
+    from captum.attr import IntegratedGradients  # lazy: start-up time
+
+    network.to(torch.device("cpu"))
+    (folder / layer.slug / "attribution").mkdir(parents=True, exist_ok=True)
+    strips = {}
+    for unit in units:
+        entries = unit.get("top_max", unit.get("top")) or []
+        ids = [entry["id"] for entry in entries[:ATTRIBUTED]]
+        if not ids:
+            continue
+        name = f"{unit['unit']:04d}-{'-'.join(map(str, ids))}.png"
+        path = folder / layer.slug / "attribution" / name
+        if not path.is_file():
+            batch = torch.stack([images.read(i) for i in ids])
+            mean = _unit_mean(network, layer.spec, unit["unit"])
+            maps = IntegratedGradients(mean).attribute(batch, n_steps=IG_STEPS).sum(1, True)
+            shown = gaussian_blur(maps.detach(), max(batch.shape[-2:]) / SMOOTHING)[:, 0]
+            write_atomic(path, png_bytes(to_pil(_strip(batch, shown))))
+        strips[unit["unit"]] = path.relative_to(folder).as_posix()
+    return strips
+
+
+def _unit_mean(network: Network, spec: str, unit: int) -> Callable[[Tensor], Tensor]:
+    """x [B, C, H, W] in [0, 1] -> a unit's mean activation over positions [B]."""
+
+    def mean(x: Tensor) -> Tensor:
+        with Capture(network.model, [spec], network) as capture:
+            return positions(select(capture.run(x), spec))[:, unit].mean(-1)
+
+    return mean
+
+
+def _strip(images: Tensor, maps: Tensor) -> Tensor:
+    """[3, 2H, N W]: the images in a row, their maps overlaid below (one scale)."""
+    scale = heatmaps.scale_of(maps, "auto")
+    shown = [heatmaps.overlay(image, m, scale) for image, m in zip(images, maps, strict=True)]
+    colour = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return torch.cat([torch.cat(list(colour), 2), torch.cat(shown, 2)], 1)
+
+
 def layer_groups(
     scan: Scan, settings: Settings, layer: Layer, seed: int, folder: Path, log: Log | None
 ) -> None:
@@ -269,7 +334,8 @@ def identity(loaded: Loaded) -> dict[str, Any]:
 
 def claim(folder: Path, loaded: Loaded, force: bool) -> None:
     """Refuse a folder holding something else, or a microscope of another config (unless
-    `force`: then its renders and examples are made again)."""
+    `force`: then its renders and examples are made again). A new folder gets a manifest of
+    no layers at once, so that a first run interrupted is a microscope folder to go on in."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
         if any(p.name != runs.LOCK for p in folder.iterdir()):
@@ -277,6 +343,8 @@ def claim(folder: Path, loaded: Loaded, force: bool) -> None:
                 f"{folder}: not empty and not a microscope folder (no {MANIFEST}); choose a new "
                 "or empty folder with --out DIR"
             )
+        started = {"format": FORMAT, "title": loaded.config.name, "identity": identity(loaded)}
+        write_atomic(manifest, to_json({**started, "layers": []}))
         return
     try:
         old = json.loads(manifest.read_text())
@@ -303,41 +371,43 @@ def units(
     index: dict[str, Any],
     folder: Path,
     found: dict[str, Any] | None,
+    strips: dict[int, str],
 ) -> list[dict[str, Any]]:
     """Each channel of a layer as the manifest lists it: its renders, objectives, curves,
-    diversity, examples and the command that renders it."""
-    sheets = {u["unit"]: u for u in found["layers"][layer.name]["units"]} if found else {}
-    renders = f"{layer.slug}/{RENDERS}"
+    diversity, examples, attribution strip and the command that renders it."""
+    ranked = {u["unit"]: u for u in found["layers"][layer.name]["units"]} if found else {}
     listed = []
     for c in range(layer.channels):
         items = [index[f"objective.channel={c},seed={s}"] for s in range(settings.seeds)]
-        files = [f"{renders}/{item['file']}" for item in items]
+        files = [f"{layer.slug}/{RENDERS}/{item['file']}" for item in items]
         curves = [item.get("curve") for item in items]
-        unit = sheets.get(c)
-        ranking = None if unit is None else unit.get("top_mean", unit.get("top"))
+        unit = ranked.get(c)
         listed.append(
             {
                 "channel": c,
                 "name": layer.names[c] if layer.names else None,
                 "renders": files,
                 "objective": [round(item["objective"], 4) for item in items],
-                "curve": None
-                if None in curves
-                else {
-                    "steps": curves[0]["steps"],
-                    "objective": [curve["objective"] for curve in curves],
-                },
+                "curve": None if None in curves else _curves(curves),
                 "diversity": diversity([folder / f for f in files]),
                 "examples": None if unit is None else f"{EXAMPLES}/{unit['sheet']}",
-                "top": None
-                if ranking is None
-                else [{"image": e["image"], "value": round(e["value"], 4)} for e in ranking][
-                    :TOP_NAMED
-                ],
+                "top": None if unit is None else _named(unit),
+                "attribution": strips.get(c),
                 "command": command(settings, layer, c, 0),
             }
         )
     return listed
+
+
+def _curves(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seeds' curves of a channel (one config: the same steps) as one entry."""
+    return {"steps": curves[0]["steps"], "objective": [curve["objective"] for curve in curves]}
+
+
+def _named(unit: dict[str, Any]) -> list[dict[str, Any]]:
+    """The TOP_NAMED images that excite a unit most (by mean over positions), with values."""
+    ranking = unit.get("top_mean", unit.get("top")) or []
+    return [{"image": e["image"], "value": round(e["value"], 4)} for e in ranking[:TOP_NAMED]]
 
 
 def layer_entry(
@@ -346,6 +416,7 @@ def layer_entry(
     index: dict[str, Any],
     folder: Path,
     found: dict[str, Any] | None,
+    strips: dict[int, str],
 ) -> dict[str, Any]:
     """A layer as the manifest lists it, with its pictures where they exist."""
 
@@ -362,7 +433,7 @@ def layer_entry(
         "curves": where(f"{layer.slug}/{RENDERS}/curves.png"),
         "groups": where(f"{layer.slug}/groups/{groups.PICTURE}"),
         "atlas": where(f"{layer.slug}/atlas/{atlas.PICTURE}"),
-        "units": units(settings, layer, index, folder, found),
+        "units": units(settings, layer, index, folder, found, strips),
     }
 
 
@@ -393,9 +464,15 @@ def run(
         }
         start = _lap(seconds, "renders", start)
         found = None
+        strips: dict[str, dict[int, str]] = {}
         if scan is not None:
             found = find_examples(scan, folder / EXAMPLES, settings.top, progress)
             start = _lap(seconds, "examples", start)
+            if settings.attribution:
+                for layer in layers:
+                    ranked = found["layers"][layer.name]["units"]
+                    strips[layer.name] = attributions(network, layer, ranked, scan.images, folder)
+                start = _lap(seconds, "attribution", start)
             for layer in layers:
                 if settings.groups and layer.spatial:
                     layer_groups(
@@ -407,7 +484,10 @@ def run(
                     )
             start = _lap(seconds, "groups and atlases", start)
         entries = [
-            layer_entry(settings, layer, indices[layer.name], folder, found) for layer in layers
+            layer_entry(
+                settings, layer, indices[layer.name], folder, found, strips.get(layer.name, {})
+            )
+            for layer in layers
         ]
         write_atomic(
             folder / CONFIG,

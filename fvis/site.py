@@ -135,6 +135,7 @@ class Unit(Entry):
     diversity: float | None = None
     examples: SitePath | None = None
     top: list[TopImage] | None = None
+    attribution: SitePath | None = None
     command: str | None = None
 
     @model_validator(mode="after")

@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from fvis import microscope
+from fvis.config import ZooModelSpec
+from fvis.hooks import Capture, select
 from fvis.io import read_image
+from fvis.models import build_network
 from fvis.zoo import SHAPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +37,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("microscope") / "site"
     args = ["microscope", str(QUICKSTART), "--layers", "conv2,logits", "--seeds", "2"]
-    args += ["--data", "zoo:shapes:64", "--groups", "2", "--atlas", "3", "--workers", "0"]
+    args += ["--data", "zoo:shapes:64", "--groups", "2", "--atlas", "3", "--attribution"]
+    args += ["--workers", "0"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
     assert result.stdout.split() == [str(out / "index.html")]
@@ -92,10 +96,28 @@ def test_each_channel_has_its_curve_and_examples(site: Path) -> None:
             assert len(unit["top"]) == microscope.TOP_NAMED
             values = [entry["value"] for entry in unit["top"]]
             assert values == sorted(values, reverse=True)
+    for unit in found["layers"][0]["units"]:  # three top images above, their maps below
+        strip = read_image(site / unit["attribution"])
+        assert strip.shape == (3, 2 * 64, microscope.ATTRIBUTED * 64)
     conv2 = found["layers"][0]
     assert conv2["groups"] == "conv2/groups/groups.png" and (site / conv2["groups"]).is_file()
     assert conv2["atlas"] == "conv2/atlas/atlas.png" and (site / conv2["atlas"]).is_file()
     assert found["layers"][1]["groups"] is None  # the logits have no positions
+
+
+def test_the_attribution_is_of_the_units_mean_activation() -> None:
+    from captum.attr import IntegratedGradients
+
+    network = build_network(ZooModelSpec(), ROOT)
+    mean = microscope._unit_mean(network, "conv3", 12)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), Capture(network.model, ["conv3"], network) as capture:
+        expected = select(capture.run(images), "conv3")[:, 12].mean((1, 2))
+        black = select(capture.run(torch.zeros_like(images)), "conv3")[:, 12].mean((1, 2))
+    assert torch.allclose(mean(images), expected)
+    # integrated gradients' completeness: the maps sum to f(x) - f(black)
+    maps = IntegratedGradients(mean).attribute(images, n_steps=64)
+    assert torch.allclose(maps.sum((1, 2, 3)), expected - black, rtol=0.05, atol=1e-3)
 
 
 def test_a_channels_command_renders_its_picture_again(
@@ -143,6 +165,28 @@ def test_a_rebuild_renders_nothing_new_and_adding_a_layer_keeps_the_rest(
     assert (out / "conv1" / "0015.html").is_file()
 
 
+def test_an_interrupted_first_build_goes_on(
+    tmp_path: Path, cli: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "site"
+    first = microscope.render_layer
+
+    def interrupted(settings, layer, folder, log):  # type: ignore[no-untyped-def]
+        if layer.name == "logits":
+            raise KeyboardInterrupt
+        return first(settings, layer, folder, log)
+
+    monkeypatch.setattr(microscope, "render_layer", interrupted)
+    stopped = build(cli, out, "--layers", "conv1,logits")
+    assert stopped.exit_code == 130 and "interrupted" in stopped.stderr
+    made = (out / "conv1" / "renders" / "objective.channel=3,seed=0.png").stat().st_mtime_ns
+    monkeypatch.setattr(microscope, "render_layer", first)
+    again = build(cli, out, "--layers", "conv1,logits")
+    assert again.exit_code == 0, again.output
+    assert [layer["name"] for layer in manifest(out)["layers"]] == ["conv1", "logits"]
+    assert (out / "conv1" / "renders" / "objective.channel=3,seed=0.png").stat().st_mtime_ns == made
+
+
 def test_another_config_is_refused_unless_forced(
     tmp_path: Path, cli: Callable[..., object]
 ) -> None:
@@ -165,7 +209,10 @@ def test_another_config_is_refused_unless_forced(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--groups", "2"], "--groups and --atlas read a dataset: pass --data SOURCE as well"),
+        (
+            ["--groups", "2"],
+            "--groups, --atlas and --attribution read a dataset: pass --data SOURCE as well",
+        ),
         (["--layers", "conv9"], "--layers conv9: unknown layer"),
         (["--seeds", "0"], "Invalid value for '--seeds'"),
     ],
