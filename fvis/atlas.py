@@ -608,23 +608,6 @@ def _fitted(text: str, width: int, font: Any) -> str:
 # ----------------------------------------------------------------------------- the command
 
 
-def claim(folder: Path, force: bool, resume: bool) -> None:
-    """Make `folder` (held with `runs.locked`) ready for `fvis atlas`: empty, or with `force`
-    an atlas folder cleared of what this command wrote; with `resume`, as it is (the scan checks
-    the checkpoint)."""
-    if resume:
-        if force:
-            raise UserError("--resume goes on from a checkpoint, --force starts again: choose one")
-        return
-    interrupted = (folder / CHECKPOINT).is_file() and not (folder / INDEX).is_file()
-    if interrupted and not force:
-        raise UserError(
-            f"{folder}: holds an interrupted atlas; pass --resume to go on from it, or --force "
-            "to start again"
-        )
-    runs.claim(folder, force, KIND)
-
-
 class Clock:
     """Seconds per stage of a run, as atlas.json records them."""
 

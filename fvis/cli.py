@@ -724,7 +724,7 @@ def examples(
     with user_errors(loaded.source):
         found = dataset_examples.layers(scan, wanted)
         with runs.locked(folder):
-            dataset_examples.claim(folder, force, resume)
+            runs.claim_pass(folder, force, resume, runs.EXAMPLES)
             found = dataset_examples.measure(scan, found)
             for layer in [] if quiet else found:
                 note(layer.summary())
@@ -1195,7 +1195,7 @@ def groups(
         layer, count, config, tuple(overrides or []), per_image, cfg.seed, data
     )
     with user_errors(loaded.source), runs.locked(folder):
-        neuron_groups.claim(folder, force, resume)
+        runs.claim_pass(folder, force, resume, neuron_groups.KIND)
         total = len(scan.images) if scan else 0
         with _image_progress(f"groups {cfg.name}", total, quiet or not scan) as progress:
             written = neuron_groups.run(
@@ -1459,7 +1459,7 @@ def atlas(
         )
         activation_atlas.check(scan, settings)
         with runs.locked(folder):
-            activation_atlas.claim(folder, force, resume)
+            runs.claim_pass(folder, force, resume, activation_atlas.KIND)
             with _image_progress(f"atlas {cfg.name}", len(scan.images), quiet) as progress:
                 done = activation_atlas.collect(scan, settings, folder, resume, progress)
             _skipped(done.outcome.skipped)

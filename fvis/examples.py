@@ -305,23 +305,6 @@ class TopK:
 # ----------------------------------------------------------------------------- the command
 
 
-def claim(folder: Path, force: bool, resume: bool) -> None:
-    """Make `folder` (held with `runs.locked`) ready for `fvis examples`: empty, or with
-    `force` an examples folder, cleared of what this command wrote; with `resume`, as it is (the
-    scan checks the checkpoint)."""
-    if resume:
-        if force:
-            raise UserError("--resume goes on from a checkpoint, --force starts again: choose one")
-        return
-    interrupted = (folder / CHECKPOINT).is_file() and not (folder / INDEX).is_file()
-    if interrupted and not force:
-        raise UserError(
-            f"{folder}: holds an interrupted examples pass; pass --resume to go on from it, or "
-            "--force to start again"
-        )
-    runs.claim(folder, force, runs.EXAMPLES)
-
-
 @dataclass
 class Written:
     """What `run` wrote: the index and how many images the pass went through."""

@@ -253,15 +253,6 @@ def picture(renders: list[Tensor], image: Tensor | None, maps: Tensor | None) ->
 # ----------------------------------------------------------------------------- the command
 
 
-def claim(folder: Path, force: bool, resume: bool) -> None:
-    """Make `folder` (held with `runs.locked`) ready: empty, or with `force` a groups folder
-    cleared of what this command wrote; with `resume`, as it is."""
-    if resume and force:
-        raise UserError("--resume goes on from a checkpoint, --force starts again: choose one")
-    if not resume:
-        runs.claim(folder, force, KIND)
-
-
 def save_tensors(folder: Path, factors: Factors, sampled: Tensor | None) -> Path:
     """groups.safetensors: `channels` [K, C] (the directions rendered), `maps` [K, h, w] on the
     image, `vectors` [N, C] the activations sampled from the data."""

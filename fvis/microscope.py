@@ -213,7 +213,7 @@ def find_examples(scan: Scan, folder: Path, top: int, progress: Any) -> dict[str
     if same and set(scan.layers) <= set(index.get("layers", ())):
         return index
     with runs.locked(folder):
-        dataset_examples.claim(folder, True, False)
+        runs.claim(folder, True, runs.EXAMPLES)
         found = dataset_examples.measure(scan, dataset_examples.layers(scan, None))
         dataset_examples.run(scan, found, top, folder, False, progress)
     return json.loads(index_path.read_text())
@@ -285,7 +285,7 @@ def layer_groups(
         layer.name, count, settings.config, settings.overrides, seed=seed, data=settings.data
     )
     with runs.locked(folder):
-        groups.claim(folder, True, False)
+        runs.claim(folder, True, groups.KIND)
         log = prefixed(log, f"{layer.name} groups")
         groups.run(scan.network, layer.spec, chosen, folder, scan, log=log)
 
@@ -304,7 +304,7 @@ def layer_atlas(
     one = replace(scan, layers={layer.name: layer.spec})  # the pass reads this layer alone
     chosen = atlas.Settings(layer.name, grid=grid, seed=seed, classes=tuple(scan.images.classes))
     with runs.locked(folder):
-        atlas.claim(folder, True, False)
+        runs.claim(folder, True, atlas.KIND)
         log = prefixed(log, f"{layer.name} atlas")
         atlas.run(one, chosen, settings.config, settings.overrides, folder, log=log)
 

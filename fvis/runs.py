@@ -146,6 +146,25 @@ def _remove_temporaries(folder: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
+def claim_pass(folder: Path, force: bool, resume: bool, kind: Kind) -> None:
+    """Make a folder held with `locked` ready for a command that passes over data (examples,
+    groups, atlas): with `resume`, as it is (the pass checks its checkpoint); otherwise as
+    `claim` does, but a folder whose pass was interrupted (a checkpoint and no index, its first
+    marker) is kept for --resume unless `force`."""
+    if resume:
+        if force:
+            raise UserError("--resume goes on from a checkpoint, --force starts again: choose one")
+        return
+    interrupted = (folder / kind.checkpoint).is_file() and not (folder / kind.markers[0]).is_file()
+    if interrupted and not force:
+        what = kind.noun.removesuffix(" folder")
+        raise UserError(
+            f"{folder}: holds an interrupted {what} pass; pass --resume to go on from it, or "
+            "--force to start again"
+        )
+    claim(folder, force, kind)
+
+
 def claim(folder: Path, force: bool, kind: Kind | None = None) -> None:
     """Make a folder held with `locked` ready for a new run: it must be empty (but for the
     lock), or, with `force`, a folder of that `kind` (default: a run folder, holding run.json or

@@ -271,7 +271,7 @@ def test_a_small_atlas_of_the_built_in_model(tmp_path: Path) -> None:
     assert atlas.check(scan, settings) == (64, 64)
     folder = tmp_path / "atlas"
     with runs.locked(folder):
-        atlas.claim(folder, force=False, resume=False)
+        runs.claim_pass(folder, False, False, atlas.KIND)
         written = atlas.run(scan, settings, QUICKSTART, ["optim.steps=8"], folder)
     tensors = load_file(str(folder / atlas.TENSORS))
     m = len(written.cells.counts)
@@ -305,10 +305,10 @@ def test_an_interrupted_pass_resumes_to_the_same_sample(tmp_path: Path) -> None:
     samples = atlas.Samples("conv4", 2, seed=5)
     with pytest.raises(Interrupted):
         scan.run(samples, folder / atlas.CHECKPOINT, progress=stop)
-    with pytest.raises(UserError, match="holds an interrupted atlas; pass --resume"):
-        atlas.claim(folder, force=False, resume=False)
+    with pytest.raises(UserError, match="holds an interrupted atlas pass; pass --resume"):
+        runs.claim_pass(folder, False, False, atlas.KIND)
     with pytest.raises(UserError, match="choose one"):
-        atlas.claim(folder, force=True, resume=True)
+        runs.claim_pass(folder, True, True, atlas.KIND)
     resumed = atlas.Samples("conv4", 2, seed=5)
     scan.run(resumed, folder / atlas.CHECKPOINT, resume=True)
     whole = atlas.Samples("conv4", 2, seed=5)
@@ -338,7 +338,7 @@ def test_renders_interrupted_go_on_with_resume(
     assert len(done) == 2
     monkeypatch.undo()
     with runs.locked(folder):
-        atlas.claim(folder, force=False, resume=True)
+        runs.claim_pass(folder, False, True, atlas.KIND)
         written = atlas.run(scan, settings, QUICKSTART, ["optim.steps=8"], folder, resume=True)
     assert len(list(renders.glob("objective*.png"))) == len(written.cells.counts) > 2
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in done.items())  # kept

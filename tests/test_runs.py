@@ -19,7 +19,7 @@ import torch
 
 import fvis.render
 from conftest import tiny_config
-from fvis import io, runs, writers
+from fvis import atlas, groups, io, runs, writers
 from fvis.build import build_plan
 from fvis.config import load_config
 from fvis.errors import UserError
@@ -472,3 +472,23 @@ def test_an_interrupted_run_resumes_only_once_and_then_is_complete(cli, stopped:
     again = cli("render", "--resume", stopped, "--quiet")
     assert again.exit_code == 2
     assert _one_line(again) == f"{stopped}: nothing to resume (the run is complete)"
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [(runs.EXAMPLES, "examples"), (groups.KIND, "groups"), (atlas.KIND, "atlas")],
+)
+def test_an_interrupted_pass_is_kept_for_resume_unless_forced(
+    tmp_path: Path, kind: runs.Kind, what: str
+) -> None:
+    folder = tmp_path / "pass"
+    folder.mkdir()
+    (folder / kind.checkpoint).write_bytes(b"partial")
+    with pytest.raises(UserError, match=f"holds an interrupted {what} pass; pass --resume"):
+        runs.claim_pass(folder, False, False, kind)
+    runs.claim_pass(folder, False, True, kind)  # --resume: as it is
+    assert (folder / kind.checkpoint).is_file()
+    with pytest.raises(UserError, match="--resume goes on from a checkpoint, --force starts"):
+        runs.claim_pass(folder, True, True, kind)
+    runs.claim_pass(folder, True, False, kind)  # --force: cleared of what fvis wrote
+    assert list(folder.iterdir()) == []
