@@ -87,7 +87,7 @@ def test_an_interrupt_stops_the_whole_command(
         rendered.append(config.name)
         raise typer.Exit(130)  # what a render stopped by Ctrl-C exits with, after saving
 
-    monkeypatch.setattr(fvis.cli, "_render_one", interrupted)
+    monkeypatch.setattr(fvis.cli.render_commands, "_render_one", interrupted)
     paths = [write_config(fast(), f"{name}.yaml") for name in "abc"]
     assert cli("render", *paths).exit_code == 130
     assert rendered == ["a.yaml"]
