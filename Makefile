@@ -6,17 +6,17 @@ FVIS := $(VENV)/bin/fvis
 # a fresh clone needs no `make install` first, and pyproject.toml newer than it reinstalls.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench bench-quality bench-data bench-atlas bench-microscope microscope
+.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench bench-quality bench-data bench-atlas bench-microscope bench-cluster microscope
 .PHONY: regress regress-update regress-render regress-portable drift
 .PHONY: parameterizations shapes-spectrum
 
-install: $(INSTALLED)  ## a virtual environment with fvis and its dev tools (other targets make it too)
+install: $(INSTALLED)  ## a virtual environment with fvis, its dev tools and Ray (other targets make it too)
 
 $(INSTALLED): pyproject.toml
 	@echo "make: installing fvis and its dev tools into $(VENV) (about a minute and a half)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	touch $@
 
 test: $(INSTALLED)  ## the default (fast) test suite
@@ -63,6 +63,9 @@ microscope: $(INSTALLED)  ## the built-in model's site: every channel and class,
 bench-microscope: $(INSTALLED)  ## the microscope's build and rebuild times, size and screenshots; writes benchmarks/microscope.md
 	rm -rf outputs/microscope
 	$(PY) benchmarks/microscope.py
+
+bench-cluster: $(INSTALLED)  ## a sweep on the local backend vs Ray with 1 and 2 workers; writes benchmarks/cluster.md
+	$(PY) benchmarks/cluster.py
 
 schema: $(INSTALLED)  ## the JSON schemas editors read (fvis.schema.json, fvis.attribution.schema.json)
 	$(FVIS) schema > fvis.schema.json

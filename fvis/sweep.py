@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import yaml
@@ -215,18 +215,24 @@ def run_sweep(
     batch: int | None,
     progress: Callable[[str], None] | None = None,
     on_built: Callable[[], None] | None = None,
+    backend: Backend | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Render every item not yet in the sweep folder; returns the folder and its index.
 
     `on_built` is called once, when the first optimization has been built (the user's code,
-    if the config names any, has then run).
+    if the config names any, has then run). `backend` renders the parts (default: one after
+    the other in this process; `fvis.cluster.RayBackend`: as tasks on a Ray cluster); this
+    process writes every file either way.
     """
     loaded = load_config(path, list(overrides))
     items = expand(path, overrides, overs)
     check_batchable(loaded)
     folder = out or loaded.config.output.dir / f"{loaded.config.name}-sweep"
     with locked(folder):  # one command per folder: a second sweep into it is refused
-        return folder, _fill(folder, path, items, batch, progress, on_built)
+        if backend is not None and on_built:
+            on_built()  # the workers build and run the user's code
+        local = Local(on_built)
+        return folder, _fill(folder, path, items, batch, progress, backend or local)
 
 
 def _fill(
@@ -235,7 +241,7 @@ def _fill(
     items: list[SweepItem],
     batch: int | None,
     progress: Callable[[str], None] | None,
-    on_built: Callable[[], None] | None,
+    backend: Backend,
 ) -> dict[str, Any]:
     """Render the items `folder` lacks, then its contact sheet; returns the folder's index."""
     index = read_index(folder)
@@ -243,13 +249,35 @@ def _fill(
     size = batch or (default_batch(todo[0], path.parent) if todo else 1)
     if progress and todo:
         progress(f"{len(todo)} items to render, up to {size} per optimization")
-    for chunk in groups(todo, size):
-        pending = [chunk]
-        while pending:
-            part = pending.pop(0)
-            renderer = _render(part, path.parent, on_built)
-            on_built = on_built if renderer is None else None  # called once a build succeeded
-            if renderer is None or renderer.result.out_of_memory:
+    for part, rendered in _rendered(path, list(groups(todo, size)), backend, progress):
+        try:
+            _write_items(folder, path, part, rendered, index)
+        except UserError as exc:  # a full disk: the items written so far stay, indexed
+            raise SweepFailed(f"{exc}; rerun the sweep to render the rest") from None
+        if progress:
+            progress(f"{len(index)}/{len(items)} items ({part[-1].key})")
+    done = [i for i in items if i.key in index]
+    drawing = items[0].config.output.curves  # items share their output settings
+    if todo or not _pictured(folder, [i.key for i in done], drawing):
+        _draw(folder, path, items, done, index, drawing)
+    return index
+
+
+def _rendered(
+    path: Path,
+    parts: list[list[SweepItem]],
+    backend: Backend,
+    progress: Callable[[str], None] | None,
+) -> Iterator[tuple[list[SweepItem], Rendered]]:
+    """Each part rendered by `backend`, as it completes; a part that ran out of memory is
+    tried again in halves (a single item out of memory, or any other failure, stops the
+    sweep: what was written stays)."""
+    base = path.parent.resolve()  # workers may run in another folder
+    pending = parts
+    while pending:
+        halves: list[list[SweepItem]] = []
+        for part, rendered in backend.render(pending, base):
+            if rendered.out_of_memory:
                 if len(part) == 1:
                     raise SweepFailed(
                         f"{path}: {part[0].key}: out of {_device_name(part[0])} memory with one "
@@ -260,21 +288,12 @@ def _fill(
                     progress(
                         f"out of memory with {len(part)} items per optimization: trying {half}"
                     )
-                pending[:0] = [part[:half], part[half:]]  # retry with half the batch
-                continue
-            if renderer.result.failure:
-                raise SweepFailed(f"{path}: {part[0].key}: {renderer.result.failure}")
-            try:
-                _write_items(folder, path, part, renderer, index)
-            except UserError as exc:  # a full disk: the items written so far stay, indexed
-                raise SweepFailed(f"{exc}; rerun the sweep to render the rest") from None
-            if progress:
-                progress(f"{len(index)}/{len(items)} items ({part[-1].key})")
-    done = [i for i in items if i.key in index]
-    drawing = items[0].config.output.curves  # items share their output settings
-    if todo or not _pictured(folder, [i.key for i in done], drawing):
-        _draw(folder, path, items, done, index, drawing)
-    return index
+                halves += [part[:half], part[half:]]
+            elif rendered.failure:
+                raise SweepFailed(f"{path}: {part[0].key}: {rendered.failure}")
+            else:
+                yield part, rendered
+        pending = halves
 
 
 def _pictured(folder: Path, keys: list[str], drawing: bool) -> bool:
@@ -308,18 +327,15 @@ def _draw(
 
 
 def _write_items(
-    folder: Path, path: Path, part: list[SweepItem], renderer: Renderer, index: dict[str, Any]
+    folder: Path, path: Path, part: list[SweepItem], rendered: Rendered, index: dict[str, Any]
 ) -> None:
     """Each item's PNG, then the index naming it (an item is done once both are written)."""
-    result = renderer.result
-    for b, item in enumerate(part):
-        write_atomic(folder / item.file, png_bytes(to_pil(result.final.images[b])))
+    for item, entry in zip(part, rendered.items, strict=True):
+        write_atomic(folder / item.file, entry["png"])
         index[item.key] = {
             "file": item.file,
             "overrides": item.overrides,
-            "objective": result.final.objective[b],
-            "seconds_per_step": result.seconds / max(result.steps_done, 1) / len(part),
-            "curve": _curve(renderer, b),
+            **{k: v for k, v in entry.items() if k != "png"},
         }
     write_atomic(folder / INDEX, to_json({"config": str(path), "items": index}))
 
@@ -410,6 +426,66 @@ def _render(
     renderer = Renderer(plan)
     renderer.run()
     return renderer
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One optimization of a part of a sweep, as its items are written: per item its PNG's
+    bytes, final objective, seconds per step and curve (sweep.json's keys); or why it failed."""
+
+    items: list[dict[str, Any]]
+    failure: str | None = None
+    out_of_memory: bool = False
+
+
+def render_part(
+    part: list[SweepItem], base: Path, on_built: Callable[[], None] | None = None
+) -> Rendered:
+    """Build and run one optimization of `part`'s items (here, or in a worker of a cluster)."""
+    renderer = _render(part, base, on_built)
+    if renderer is None:
+        return Rendered([], "out of memory while building", out_of_memory=True)
+    result = renderer.result
+    if result.failure:
+        return Rendered([], result.failure, result.out_of_memory)
+    seconds = result.seconds / max(result.steps_done, 1) / len(part)
+    return Rendered(
+        [
+            {
+                "png": png_bytes(to_pil(result.final.images[b])),
+                "objective": result.final.objective[b],
+                "seconds_per_step": seconds,
+                "curve": _curve(renderer, b),
+            }
+            for b in range(len(part))
+        ]
+    )
+
+
+class Backend(Protocol):
+    """What renders a sweep's parts: each part with its `Rendered`, in any order, as they
+    complete."""
+
+    def render(
+        self, parts: list[list[SweepItem]], base: Path
+    ) -> Iterator[tuple[list[SweepItem], Rendered]]: ...
+
+
+class Local:
+    """The parts one after the other in this process; `on_built` is called once, when the
+    first optimization has been built."""
+
+    def __init__(self, on_built: Callable[[], None] | None = None) -> None:
+        self.on_built = on_built
+
+    def render(
+        self, parts: list[list[SweepItem]], base: Path
+    ) -> Iterator[tuple[list[SweepItem], Rendered]]:
+        for part in parts:
+            rendered = render_part(part, base, self.on_built)
+            if not rendered.out_of_memory:
+                self.on_built = None  # a build succeeded: the user's code has run
+            yield part, rendered
 
 
 def _device_name(item: SweepItem) -> str:

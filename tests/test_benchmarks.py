@@ -130,6 +130,11 @@ def test_atlas_bench_times_a_small_atlas_and_reads_its_measures() -> None:
     assert len(row) == len(atlas.HEADER[0].split(" | "))
 
 
+def test_cluster_bench_times_a_tiny_local_sweep() -> None:
+    cluster = _script("cluster")
+    assert cluster.measure(2, 2, 0) > 0  # Ray's side runs in tests/test_cluster.py
+
+
 def test_bench_rewrites_its_own_device_section_and_keeps_the_others(tmp_path: Path) -> None:
     bench = _script("bench")
     out = tmp_path / "results.md"

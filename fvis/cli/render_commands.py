@@ -197,17 +197,45 @@ def sweep(
             show_default=False,
         ),
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="Where the optimizations run: local (this process) or ray (tasks on a Ray "
+            "cluster: --address, else a local one; pip install 'fvis[ray]').",
+            metavar="local|ray",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="The Ray cluster to join (host:port, or auto for the one this machine is "
+            "part of); default: a cluster of this machine's CPUs, for this sweep.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
     """Render one image per value of a config path, batched.
 
     For instance every channel of a layer. Writes one PNG per item, sheet.png and sweep.json;
-    items already there are skipped.
+    items already there are skipped. With --backend ray, each optimization is a task on a Ray
+    cluster and this process writes what they send back.
     """
     from fvis.sweep import SHEET, run_sweep  # lazy: start-up time
 
+    if backend not in ("local", "ray"):
+        fail(f"--backend {backend}: expected local or ray")
+    if address and backend != "ray":
+        fail("--address names a Ray cluster: pass --backend ray as well")
     loaded = load(config, overrides)
     with user_errors():
+        runner = None
+        if backend == "ray":
+            from fvis.cluster import RayBackend  # lazy: start-up time
+
+            runner = RayBackend(address)
         folder, _ = run_sweep(
             config,
             overrides or [],
@@ -216,6 +244,7 @@ def sweep(
             batch,
             None if quiet else note,
             on_built=lambda: note_user_code(loaded.config, loaded.source),
+            backend=runner,
         )
     say(str(folder / SHEET))
 
