@@ -39,7 +39,7 @@ from fvis.io import png_bytes, read_image, to_json, to_pil, write_atomic
 from fvis.models import Network
 from fvis.objectives.activation import positions
 from fvis.scan import Scan, layer_specs
-from fvis.sweep import run_sweep
+from fvis.sweep import Backend, run_sweep
 from fvis.writers import versions
 
 FORMAT = "fvis-microscope-1"
@@ -166,13 +166,20 @@ def objective(layer: Layer, channel: int = 0) -> str:
     return f"objective={json.dumps(node)}"
 
 
-def render_layer(settings: Settings, layer: Layer, folder: Path, log: Log | None) -> dict[str, Any]:
+def render_layer(
+    settings: Settings,
+    layer: Layer,
+    folder: Path,
+    log: Log | None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
     """Every channel of `layer` by every seed, as a sweep into `folder` (those already there
-    are kept); returns the sweep's index."""
+    are kept), on `backend` (None: in this process); returns the sweep's index."""
     sets = [*settings.overrides, "param.batch=1", objective(layer)]
     overs = [f"objective.channel=0:{layer.channels}", f"seed=0:{settings.seeds}"]
+    shown = prefixed(log, layer.name)
     _, index = run_sweep(
-        settings.config, sets, overs, folder, settings.batch, prefixed(log, layer.name)
+        settings.config, sets, overs, folder, settings.batch, shown, backend=backend
     )
     return index
 
@@ -449,9 +456,11 @@ def run(
     force: bool = False,
     log: Log | None = None,
     progress: Any = None,
+    backend: Backend | None = None,
 ) -> Path:
-    """Render what `folder` lacks, find the examples, groups and atlases asked for, write the
-    manifest and build the site; returns its index.html."""
+    """Render what `folder` lacks (on `backend`: None, in this process), find the examples,
+    groups and atlases asked for, write the manifest and build the site; returns its
+    index.html."""
     config = loaded.config
     with runs.locked(folder):
         claim(folder, loaded, force)
@@ -459,7 +468,7 @@ def run(
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         indices = {
-            layer.name: render_layer(settings, layer, folder / layer.slug / RENDERS, log)
+            layer.name: render_layer(settings, layer, folder / layer.slug / RENDERS, log, backend)
             for layer in layers
         }
         start = _lap(seconds, "renders", start)

@@ -22,6 +22,7 @@ from fvis.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL = ROOT / "configs" / "objectives" / "channel.yaml"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 OVER = ["objective.channel=0:6"]
 
 
@@ -109,6 +110,17 @@ def test_ctrl_c_keeps_what_arrived_and_a_rerun_renders_the_rest(
     sweep(folder, backend, progress=lines.append)
     assert lines[0] == "4 items to render, up to 2 per optimization"
     assert len(json.loads((folder / "sweep.json").read_text())["items"]) == 6
+
+
+def test_a_microscope_on_ray_renders_what_a_local_one_does(
+    tmp_path: Path, backend: cluster.RayBackend, cli: Callable[..., object]
+) -> None:
+    args = ["--layers", "logits", "--set", "optim.steps=6", "--quiet"]
+    for name, where in (("local", []), ("ray", ["--backend", "ray"])):
+        result = cli("microscope", QUICKSTART, "--out", tmp_path / name, *args, *where)
+        assert result.exit_code == 0, result.output
+    renders = [tmp_path / name / "logits" / "renders" for name in ("local", "ray")]
+    assert files(renders[1]) == files(renders[0]) and len(files(renders[0])) == 10 + 2
 
 
 def test_without_ray_the_backend_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

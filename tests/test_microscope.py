@@ -171,10 +171,10 @@ def test_an_interrupted_first_build_goes_on(
     out = tmp_path / "site"
     first = microscope.render_layer
 
-    def interrupted(settings, layer, folder, log):  # type: ignore[no-untyped-def]
+    def interrupted(settings, layer, folder, log, backend):  # type: ignore[no-untyped-def]
         if layer.name == "logits":
             raise KeyboardInterrupt
-        return first(settings, layer, folder, log)
+        return first(settings, layer, folder, log, backend)
 
     monkeypatch.setattr(microscope, "render_layer", interrupted)
     stopped = build(cli, out, "--layers", "conv1,logits")

@@ -27,6 +27,7 @@ from fvis.factories import entry_points
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from fvis.cluster import RayBackend
     from fvis.render import Renderer
     from fvis.scan import Scan
 
@@ -90,6 +91,39 @@ ForceOption = Annotated[
         "(a folder without run.json is never cleared).",
     ),
 ]
+
+
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Where the optimizations run: local (this process) or ray (tasks on a Ray "
+        "cluster: --address, else a local one; pip install 'fvis[ray]').",
+        metavar="local|ray",
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="The Ray cluster to join (host:port, or auto for the one this machine is part "
+        "of); default: a cluster of this machine's CPUs, for this command.",
+        show_default=False,
+    ),
+]
+
+
+def ray_backend(backend: str, address: str | None) -> RayBackend | None:
+    """The sweeps' backend --backend and --address name: None for local."""
+    if backend not in ("local", "ray"):
+        fail(f"--backend {backend}: expected local or ray")
+    if address and backend != "ray":
+        fail("--address names a Ray cluster: pass --backend ray as well")
+    if backend == "local":
+        return None
+    from fvis.cluster import RayBackend  # lazy: start-up time
+
+    return RayBackend(address)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

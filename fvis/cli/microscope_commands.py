@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from fvis.scan import Scan
 
 from fvis.cli.common import (
+    AddressOption,
+    BackendOption,
     ConfigArg,
     LayersOption,
     QuietOption,
@@ -25,6 +27,7 @@ from fvis.cli.common import (
     layer_list,
     load,
     note_user_code,
+    ray_backend,
     user_errors,
 )
 
@@ -114,6 +117,8 @@ def microscope(
         ),
     ] = None,
     workers: WorkersOption = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
     overrides: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -167,9 +172,11 @@ def microscope(
         user_errors(loaded.source),
         image_progress(f"examples {cfg.name}", total, quiet or not scan) as progress,
     ):
+        runner = ray_backend(backend, address)
         index = site_builder.run(
-            settings, loaded, network, folder, scan, force, None if quiet else note, progress
-        )
+            settings, loaded, network, folder, scan, force, None if quiet else note, progress,
+            runner,
+        )  # fmt: skip
     say(str(index))
 
 

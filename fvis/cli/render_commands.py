@@ -11,6 +11,8 @@ import typer
 from rich.table import Table
 
 from fvis.cli.common import (
+    AddressOption,
+    BackendOption,
     ConfigArg,
     ForceOption,
     OutOption,
@@ -20,6 +22,7 @@ from fvis.cli.common import (
     load,
     model_target,
     note_user_code,
+    ray_backend,
     step_progress,
     stop_on,
     user_errors,
@@ -197,24 +200,8 @@ def sweep(
             show_default=False,
         ),
     ] = None,
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            help="Where the optimizations run: local (this process) or ray (tasks on a Ray "
-            "cluster: --address, else a local one; pip install 'fvis[ray]').",
-            metavar="local|ray",
-        ),
-    ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="The Ray cluster to join (host:port, or auto for the one this machine is "
-            "part of); default: a cluster of this machine's CPUs, for this sweep.",
-            show_default=False,
-        ),
-    ] = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
     """Render one image per value of a config path, batched.
@@ -225,17 +212,9 @@ def sweep(
     """
     from fvis.sweep import SHEET, run_sweep  # lazy: start-up time
 
-    if backend not in ("local", "ray"):
-        fail(f"--backend {backend}: expected local or ray")
-    if address and backend != "ray":
-        fail("--address names a Ray cluster: pass --backend ray as well")
     loaded = load(config, overrides)
     with user_errors():
-        runner = None
-        if backend == "ray":
-            from fvis.cluster import RayBackend  # lazy: start-up time
-
-            runner = RayBackend(address)
+        runner = ray_backend(backend, address)
         folder, _ = run_sweep(
             config,
             overrides or [],
