@@ -358,18 +358,27 @@ def claim(folder: Path, loaded: Loaded, force: bool) -> None:
         layers, made_from = old["layers"], old["identity"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{manifest}: not a microscope manifest; choose another --out") from None
-    if made_from == identity(loaded):
+    now = identity(loaded)
+    if made_from == now:
         return
     if not force:
-        changed = sorted(k for k in made_from.keys() | identity(loaded).keys()
-                         if made_from.get(k) != identity(loaded).get(k))  # fmt: skip
+        changed = sorted(k for k in made_from.keys() | now.keys() if made_from.get(k) != now.get(k))
         raise UserError(
             f"{folder}: a microscope of another config (its {', '.join(changed)} differ); pass "
             "--force to render it again, or choose another --out"
         )
-    for layer in layers:
-        (folder / layer["slug"] / RENDERS / "sweep.json").unlink(missing_ok=True)
-    (folder / EXAMPLES / dataset_examples.INDEX).unlink(missing_ok=True)
+    passes = [(folder / EXAMPLES, runs.EXAMPLES)]
+    for layer in layers:  # what the old config made goes; the pictures are made again
+        made = folder / layer["slug"]
+        (made / RENDERS / "sweep.json").unlink(missing_ok=True)
+        for strip in (made / "attribution").glob("*.png"):
+            strip.unlink()
+        passes += [(made / "groups", groups.KIND), (made / "atlas", atlas.KIND)]
+    for done, kind in passes:
+        if done.is_dir():
+            with runs.locked(done):
+                runs.claim(done, True, kind)
+    write_atomic(manifest, to_json({**old, "identity": now, "seconds": {}}))
 
 
 def units(

@@ -206,6 +206,28 @@ def test_another_config_is_refused_unless_forced(
     assert not torch.equal(first, again)
 
 
+def test_forced_again_the_examples_groups_and_atlas_are_made_again(
+    tmp_path: Path, cli: Callable[..., object]
+) -> None:
+    out = tmp_path / "site"
+    data = ["--layers", "conv1", "--data", "zoo:shapes:24", "--workers", "0", "--attribution"]
+    data += ["--groups", "2", "--atlas", "2", "-q"]
+    first = cli("microscope", QUICKSTART, "--out", out, *data, "--set", "optim.steps=3")
+    assert first.exit_code == 0, first.output
+    indices = [out / "examples" / "examples.json", out / "conv1" / "groups" / "groups.json"]
+    indices.append(out / "conv1" / "atlas" / "atlas.json")
+    made = {p: p.stat().st_mtime_ns for p in indices}
+    again = cli("microscope", QUICKSTART, "--out", out, *data, "--set", "optim.steps=2", "-f")
+    assert again.exit_code == 0, again.output
+    assert all(p.stat().st_mtime_ns > when for p, when in made.items())
+    found = manifest(out)
+    assert found["steps"] == 2 and found["identity"]["optim"]["steps"] == 2
+    strips = list((out / "conv1" / "attribution").glob("*.png"))
+    assert len(strips) == 16 and all(
+        (out / u["attribution"]).is_file() for u in found["layers"][0]["units"]
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
