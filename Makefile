@@ -64,7 +64,7 @@ bench-microscope: $(INSTALLED)  ## the microscope's build and rebuild times, siz
 	rm -rf outputs/microscope
 	$(PY) benchmarks/microscope.py
 
-bench-cluster: $(INSTALLED)  ## a sweep on the local backend vs Ray with 1 and 2 workers; writes benchmarks/cluster.md
+bench-cluster: $(INSTALLED)  ## a sweep and a pass over data, local vs Ray with 1 and 2 workers; writes benchmarks/cluster.md
 	$(PY) benchmarks/cluster.py
 
 schema: $(INSTALLED)  ## the JSON schemas editors read (fvis.schema.json, fvis.attribution.schema.json)

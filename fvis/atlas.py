@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import save
 from torch import Tensor
 
 from fvis import runs, vectors, zoo
@@ -38,9 +37,18 @@ from fvis.config import ModelSpec, ZooModelSpec
 from fvis.data import UNLABELLED, Batch, Images
 from fvis.errors import UserError
 from fvis.hooks import Capture, select
-from fvis.io import MAX_IMAGE_PIXELS, png_bytes, read_image, to_json, to_pil, write_atomic
+from fvis.io import (
+    MAX_IMAGE_PIXELS,
+    png_bytes,
+    read_image,
+    tensors_bytes,
+    to_json,
+    to_pil,
+    write_atomic,
+)
 from fvis.models import Network
 from fvis.scan import Interrupted, Outcome, Progress, Scan, units
+from fvis.sweep import Backend
 from fvis.writers import versions
 from fvis.zoo import data as zoo_data
 
@@ -362,6 +370,10 @@ class Samples:
             if name != "vectors" and (tensor.shape != (n,) or tensor.dtype != kind):
                 raise ValueError(f"{name} is {tensor.dtype} {list(tensor.shape)}, not {n} values")
         self.parts = [Sample(**state)]
+
+    def extend(self, state: dict[str, Tensor]) -> None:
+        if len(state["vectors"]):
+            self.parts.append(Sample(**state))
 
 
 def limit(sample: Sample, cap: int, seed: int) -> Sample:
@@ -715,6 +727,7 @@ def make(
     overrides: Sequence[str],
     folder: Path,
     log: Callable[[str], None] | None = None,
+    backend: Backend | None = None,
 ) -> Written:
     """The atlas of a pass, in `folder` (held and claimed): laid out, its cells rendered with
     the config at `config` and its `overrides`, measured and tiled; the checkpoint is removed
@@ -727,7 +740,8 @@ def make(
     clock.lap("layout")
     tensors = save_tensors(folder, done.sample, raw, unit, cells)
     rows = vectors.Rows(config, tuple(overrides), settings.layer, tensors, "directions")
-    files = render(rows, len(cells.counts), folder / f"renders-{digest(cells.directions)}", log)
+    renders = folder / f"renders-{digest(cells.directions)}"
+    files = render(rows, len(cells.counts), renders, log, backend)
     clock.lap("renders")
     names = tuple(scan.images.classes)
     measures = measure(scan.network, settings, cells, files, names, scan.device)
@@ -758,10 +772,11 @@ def run(
     resume: bool = False,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    backend: Backend | None = None,
 ) -> Written:
-    """`collect`, then `make`."""
+    """`collect`, then `make` (its renders on `backend`: None, here)."""
     done = collect(scan, settings, folder, resume, progress)
-    return make(scan, settings, done, config, overrides, folder, log)
+    return make(scan, settings, done, config, overrides, folder, log, backend)
 
 
 def write_pictures(
@@ -775,12 +790,16 @@ def write_pictures(
 
 
 def render(
-    rows: vectors.Rows, count: int, folder: Path, log: Callable[[str], None] | None
+    rows: vectors.Rows,
+    count: int,
+    folder: Path,
+    log: Callable[[str], None] | None,
+    backend: Backend | None = None,
 ) -> list[Path]:
-    """Render rows 0..count-1 into the sweep folder `folder`; Ctrl-C keeps those done, for
-    --resume."""
+    """Render rows 0..count-1 into the sweep folder `folder` (on `backend`: None, here);
+    Ctrl-C keeps those done, for --resume."""
     try:
-        return vectors.render_rows(rows, count, folder, None, log)
+        return vectors.render_rows(rows, count, folder, None, log, backend)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted while rendering the cells (those done are kept in {folder}); run the "
@@ -806,7 +825,7 @@ def save_tensors(folder: Path, sample: Sample, raw: Tensor, unit: Tensor, cells:
         "members": cells.members,
     }
     contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
-    write_atomic(folder / TENSORS, save(contiguous, metadata={"format": FORMAT}))
+    write_atomic(folder / TENSORS, tensors_bytes(contiguous, {"format": FORMAT}))
     return folder / TENSORS
 
 

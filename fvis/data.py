@@ -66,6 +66,11 @@ class Images(Dataset[Item]):
         """Image `index` fitted to the model's input; UserError if it cannot be read."""
         raise NotImplementedError
 
+    def rooted(self, folder: Path) -> Images:
+        """These images as read from `folder` (a cluster's worker runs elsewhere than the
+        command that named them): relative paths taken from `folder`."""
+        return self
+
     def __getitem__(self, index: int) -> Item:
         try:
             image: Tensor | str = self.read(index)
@@ -126,6 +131,12 @@ class FileImages(Images):
 
     def label(self, index: int) -> int:
         return self.labels[index]
+
+    def rooted(self, folder: Path) -> FileImages:
+        files = [folder / file for file in self.files]  # an absolute file stays as it is
+        return FileImages(
+            files, self.labels, self.classes, folder / self.root, self.size, self.channels
+        )
 
     def read(self, index: int) -> Tensor:
         return read_image(
@@ -201,10 +212,13 @@ def _image_folder(root: Path, size: tuple[int, int], channels: int) -> FileImage
     return FileImages(files, labels, classes, root, size, channels)
 
 
-def batches(images: Images, batch: int, workers: int = 0, start: int = 0) -> Iterator[Batch]:
-    """Images `start`, `start` + 1, ... in order, `batch` at a time, read by `workers` worker
-    processes (0: in this one). Unreadable images are left out of their batch (see `skipped`)."""
-    subset = Subset(images, range(start, len(images)))
+def batches(
+    images: Images, batch: int, workers: int = 0, start: int = 0, stop: int | None = None
+) -> Iterator[Batch]:
+    """Images `start`, `start` + 1, ... up to `stop` (None: the last) in order, `batch` at a
+    time, read by `workers` worker processes (0: in this one). Unreadable images are left out
+    of their batch (see `skipped`)."""
+    subset = Subset(images, range(start, len(images) if stop is None else stop))
     loader = DataLoader(
         subset,
         batch_size=batch,

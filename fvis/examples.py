@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import save
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -30,7 +29,7 @@ from fvis import receptive, runs
 from fvis.data import Batch, Images, Item
 from fvis.errors import UserError
 from fvis.hooks import Capture, select
-from fvis.io import png_bytes, to_json, to_pil, write_atomic
+from fvis.io import png_bytes, tensors_bytes, to_json, to_pil, write_atomic
 from fvis.receptive import Field
 from fvis.scan import Outcome, Progress, Scan
 
@@ -180,17 +179,21 @@ def merge(
 ) -> dict[str, Tensor]:
     """The K best of what was `kept` ({values, ids[, positions]}: [U, k'] each, best first) and
     a batch's `values` [U, B] of images `ids` [B] (ascending, all above the kept ones) at
-    `positions` [U, B]: best = highest if `top`, else lowest.
+    `positions` [U, B]: best = highest if `top`, else lowest. The batch may be what another
+    pass over later images kept (`ids` then [U, B], best first, each row's ties in id order).
 
     One stable sort of the kept entries followed by the batch's: among equal values the earlier
     entry wins, which is the lower image id, so the result is that of one stable sort of every
-    image's value in id order, however the images were batched.
+    image's value in id order, however the images were batched or shared among passes.
     """
     units = values.shape[0]
     device = values.device
+    ids = ids.to(device)
     merged = {
         "values": torch.cat([kept["values"].to(device), values], 1),
-        "ids": torch.cat([kept["ids"].to(device), ids.to(device)[None].expand(units, -1)], 1),
+        "ids": torch.cat(
+            [kept["ids"].to(device), ids if ids.dim() == 2 else ids.expand(units, -1)], 1
+        ),
     }
     if positions is not None:
         merged["positions"] = torch.cat([kept["positions"].to(device), positions], 1)
@@ -268,6 +271,21 @@ class TopK:
                 top = ranking.startswith("top")
                 merged[key] = merge(kept[key], values, batch.ids, positions, self.k, top)
         self._now = (merged, read + len(batch.ids))
+
+    def extend(self, state: dict[str, Tensor]) -> None:
+        kept, read = self._now
+        merged = {}
+        for (name, ranking), parts in kept.items():
+            later = {part: state[f"{name}/{ranking}/{part}"] for part in parts}
+            merged[name, ranking] = merge(
+                parts,
+                later["values"],
+                later["ids"],
+                later.get("positions"),
+                self.k,
+                ranking.startswith("top"),
+            )
+        self._now = (merged, read + int(state["read"]))
 
     def state(self) -> dict[str, Tensor]:
         kept, read = self._now
@@ -379,7 +397,7 @@ def write(folder: Path, scan: Scan, found: list[Layer], kept: TopK, seen: int) -
             raise UserError(f"{sub}: cannot create the folder ({exc.strerror})") from None
     _write_sheets(folder, scan, found, units)
     metadata = {"format": FORMAT, "top": str(kept.k), "seen": str(seen), "read": str(kept.read)}
-    write_atomic(folder / TENSORS, save(tensors, metadata=metadata))
+    write_atomic(folder / TENSORS, tensors_bytes(tensors, metadata))
     write_atomic(folder / INDEX, to_json(index))
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
 from fvis.errors import UserError
-from fvis.io import png_bytes, to_pil, write_atomic
+from fvis.io import png_bytes, tensors_bytes, to_pil, write_atomic
 from fvis.params import CPPNImage, ImageParam, load_cppn
 
 OPACITY_QUANTILE = 0.99
@@ -45,7 +44,7 @@ def param_files(param: ImageParam, images: torch.Tensor) -> dict[str, bytes]:
             files[f"transparency_{b}.png"] = png_bytes(to_pil(tile, alpha=True))
     if isinstance(param, CPPNImage):
         tensors, meta = param.save()
-        files["cppn.safetensors"] = save(tensors, metadata=meta)
+        files["cppn.safetensors"] = tensors_bytes(tensors, meta)
     return files
 
 

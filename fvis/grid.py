@@ -30,14 +30,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from safetensors.torch import save
 from torch import Tensor
 
 from fvis import runs, vectors
 from fvis.config import Config, TensorFile
 from fvis.errors import UserError
 from fvis.hooks import Capture, select
-from fvis.io import png_bytes, read_image, to_json, to_pil, write_atomic
+from fvis.io import png_bytes, read_image, tensors_bytes, to_json, to_pil, write_atomic
 from fvis.models import Network
 from fvis.objectives.activation import channel_count, positions
 from fvis.objectives.algebra import Leaf, TermError, label, unless
@@ -291,7 +290,7 @@ def save_tensors(folder: Path, grid: Cells) -> Path:
         "layout": torch.tensor(grid.shape, dtype=torch.long),
         "activations": grid.acts,
     }
-    write_atomic(folder / TENSORS, save(tensors, metadata={"layer": grid.layer}))
+    write_atomic(folder / TENSORS, tensors_bytes(tensors, {"layer": grid.layer}))
     return folder / TENSORS
 
 

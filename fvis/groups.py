@@ -26,16 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from safetensors.torch import save
 from torch import Tensor
 
 from fvis import runs, vectors
 from fvis.data import UNLABELLED, Batch, FileImages
 from fvis.errors import UserError
 from fvis.hooks import Capture, select
-from fvis.io import png_bytes, read_image, to_json, to_pil, write_atomic
+from fvis.io import png_bytes, read_image, tensors_bytes, to_json, to_pil, write_atomic
 from fvis.models import Network
 from fvis.scan import Outcome, Progress, Scan
+from fvis.sweep import Backend
 from fvis.writers import versions
 
 INDEX = "groups.json"
@@ -137,6 +137,10 @@ class Positions:
 
     def load(self, state: dict[str, Tensor]) -> None:
         self.rows = [state["vectors"]]
+
+    def extend(self, state: dict[str, Tensor]) -> None:
+        if len(state["vectors"]):
+            self.rows.append(state["vectors"])
 
     def vectors(self) -> Tensor:
         """The sampled activation vectors [N, C]."""
@@ -261,7 +265,7 @@ def save_tensors(folder: Path, factors: Factors, sampled: Tensor | None) -> Path
         tensors["maps"] = factors.maps
     if sampled is not None:
         tensors["vectors"] = sampled
-    write_atomic(folder / TENSORS, save(tensors))
+    write_atomic(folder / TENSORS, tensors_bytes(tensors))
     return folder / TENSORS
 
 
@@ -320,10 +324,12 @@ def run(
     resume: bool = False,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    backend: Backend | None = None,
 ) -> Written:
     """The groups of a layer in `folder` (held and claimed): its activations on positions
     sampled over the scan's images and/or on `image`, factored, each group rendered with the
-    settings' config; the checkpoint of the pass is removed once groups.json is written."""
+    settings' config (on `backend`: None, here); the checkpoint of the pass is removed once
+    groups.json is written."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     sampled = fitted = shown = acts = None
@@ -344,7 +350,7 @@ def run(
     tensors = save_tensors(folder, factors, sampled)
     rows = vectors.Rows(settings.config, settings.overrides, settings.layer, tensors, "channels")
     renders = folder / f"renders-{digest(factors.channels)}"
-    paths = vectors.render_rows(rows, settings.count, renders, None, log)
+    paths = vectors.render_rows(rows, settings.count, renders, None, log, backend)
     timed(seconds, "renders", start)
     info = {
         "layer": settings.layer,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors.torch import save as save_tensors
 
 from fvis.errors import UserError
 
@@ -171,6 +172,25 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+def tensors_bytes(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> bytes:
+    """Tensors (contiguous) and string metadata as a safetensors file, in memory, canonical:
+    the same tensors and metadata give the same bytes.
+
+    safetensors writes its metadata map in hash order, which changes from process to process;
+    the layout is `u64 little-endian header length | JSON header (space-padded to 8 bytes) |
+    data`, and entries locate their data by explicit offsets, so the header is written again
+    with sorted keys.
+    """
+    blob = save_tensors(tensors, metadata=metadata)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def to_json(data: Any) -> bytes:

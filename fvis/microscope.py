@@ -279,7 +279,13 @@ def _strip(images: Tensor, maps: Tensor) -> Tensor:
 
 
 def layer_groups(
-    scan: Scan, settings: Settings, layer: Layer, seed: int, folder: Path, log: Log | None
+    scan: Scan,
+    settings: Settings,
+    layer: Layer,
+    seed: int,
+    folder: Path,
+    log: Log | None,
+    backend: Backend | None = None,
 ) -> None:
     """The layer's neuron groups over the data in `folder`, unless already there for as many
     groups over the same data."""
@@ -294,11 +300,17 @@ def layer_groups(
     with runs.locked(folder):
         runs.claim(folder, True, groups.KIND)
         log = prefixed(log, f"{layer.name} groups")
-        groups.run(scan.network, layer.spec, chosen, folder, scan, log=log)
+        groups.run(scan.network, layer.spec, chosen, folder, scan, log=log, backend=backend)
 
 
 def layer_atlas(
-    scan: Scan, settings: Settings, layer: Layer, seed: int, folder: Path, log: Log | None
+    scan: Scan,
+    settings: Settings,
+    layer: Layer,
+    seed: int,
+    folder: Path,
+    log: Log | None,
+    backend: Backend | None = None,
 ) -> None:
     """The layer's activation atlas in `folder`, unless already there with as many cells
     over the same data."""
@@ -313,7 +325,9 @@ def layer_atlas(
     with runs.locked(folder):
         runs.claim(folder, True, atlas.KIND)
         log = prefixed(log, f"{layer.name} atlas")
-        atlas.run(one, chosen, settings.config, settings.overrides, folder, log=log)
+        atlas.run(
+            one, chosen, settings.config, settings.overrides, folder, log=log, backend=backend
+        )
 
 
 def _read(index: Path) -> dict[str, Any]:
@@ -493,13 +507,11 @@ def run(
                 start = _lap(seconds, "attribution", start)
             for layer in layers:
                 if settings.groups and layer.spatial:
-                    layer_groups(
-                        scan, settings, layer, config.seed, folder / layer.slug / "groups", log
-                    )
+                    here = folder / layer.slug / "groups"
+                    layer_groups(scan, settings, layer, config.seed, here, log, backend)
                 if settings.atlas and layer.spatial:
-                    layer_atlas(
-                        scan, settings, layer, config.seed, folder / layer.slug / "atlas", log
-                    )
+                    here = folder / layer.slug / "atlas"
+                    layer_atlas(scan, settings, layer, config.seed, here, log, backend)
             start = _lap(seconds, "groups and atlases", start)
         entries = [
             layer_entry(

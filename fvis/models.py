@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.metadata
 import importlib.util
@@ -75,12 +76,36 @@ class Network(nn.Module):
         return self.model(image * self.gain + self.bias)
 
 
-def build_network(spec: ModelSpec, base: Path) -> Network:
-    """The network a model spec names, in eval mode, frozen, with in-place ops turned off.
+_kept: dict[tuple[str, str], Network] | None = None
+"""The networks this process built, while `keep_networks` is on (a cluster's worker)."""
 
-    In-place activations are disabled so that a captured layer output is never overwritten by
-    the layer after it (which would make captured values depend on where the pass stops).
+
+def keep_networks() -> None:
+    """From now on, build each network once in this process and hand out copies of it.
+
+    A Ray worker runs many tasks of one model: it reads the weights (or runs the factory) once,
+    and each task gets its own deep copy, free to fold batch norms or change memory format. A
+    file changed on disk after the first build is not read again: workers live for one command.
     """
+    global _kept
+    if _kept is None:
+        _kept = {}
+
+
+def build_network(spec: ModelSpec, base: Path) -> Network:
+    """The network a model spec names, in eval mode, frozen, with in-place ops turned off (a
+    copy of the one built before, once `keep_networks` is on)."""
+    if _kept is None:
+        return _build_network(spec, base)
+    key = (spec.model_dump_json(), str(base.resolve()))
+    if key not in _kept:
+        _kept[key] = _build_network(spec, base)
+    return copy.deepcopy(_kept[key])
+
+
+def _build_network(spec: ModelSpec, base: Path) -> Network:
+    """In-place activations are disabled so that a captured layer output is never overwritten
+    by the layer after it (which would make captured values depend on where the pass stops)."""
     model, defaults = _BUILDERS[type(spec)](spec, base)
     if not isinstance(model, nn.Module):
         raise SpecError(("model",), f"the model is a {type(model).__name__}, not a torch nn.Module")

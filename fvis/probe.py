@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save
 from torch import Tensor
 
 from fvis.data import Batch
 from fvis.errors import UserError
-from fvis.io import write_atomic
+from fvis.io import tensors_bytes, write_atomic
 from fvis.scan import Outcome, Progress, Scan
 
 FORMAT = "fvis-probe-1"
@@ -66,6 +65,14 @@ class PooledFeatures:
     def load(self, state: dict[str, Tensor]) -> None:
         self.features = {name: [state[f"features.{name}"]] for name in self.features}
         self.labels, self.ids = [state["labels"]], [state["ids"]]
+
+    def extend(self, state: dict[str, Tensor]) -> None:
+        if not len(state["ids"]):
+            return
+        for name, parts in self.features.items():
+            parts.append(state[f"features.{name}"])
+        self.labels.append(state["labels"])
+        self.ids.append(state["ids"])
 
     def pooled(self, name: str) -> Tensor:
         """The layer's pooled features [N, C] of every image read."""
@@ -259,4 +266,4 @@ def gather(scan: Scan, progress: Progress | None = None) -> tuple[PooledFeatures
 
 def write(path: Path, probes: Probes, **described: Any) -> None:
     """Write the probes to `path` (atomically), with `described` in the metadata."""
-    write_atomic(path, save(probes.tensors(), metadata=probes.metadata(**described)))
+    write_atomic(path, tensors_bytes(probes.tensors(), probes.metadata(**described)))

@@ -12,24 +12,26 @@ config, the data, the layers, the options: `identity`); it is refused for any ot
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from torch import Tensor
 
+from fvis.config import ModelSpec
 from fvis.data import Batch, Images, batches
 from fvis.errors import SpecError, UserError
 from fvis.hooks import Capture, resolve_layer, select
-from fvis.io import write_atomic
+from fvis.io import tensors_bytes, write_atomic
 from fvis.models import Network
 
 FORMAT = "fvis-scan-1"
@@ -38,13 +40,47 @@ Progress = Callable[[int, int], None]  # (images done, of which read by this run
 
 class Accumulator(Protocol):
     """What a pass feeds: `update` per batch with the layers' activations as [B, C, P] (units by
-    positions, see `units`); `state`/`load` its tensors, for the checkpoint."""
+    positions, see `units`); `state`/`load` its tensors, for the checkpoint; `extend` takes in
+    the state of another accumulator, fed the images that follow these (a shard of the pass
+    read by a cluster's worker), as if they had been fed here."""
 
     def update(self, batch: Batch, acts: dict[str, Tensor]) -> None: ...
 
     def state(self) -> dict[str, Tensor]: ...
 
     def load(self, state: dict[str, Tensor]) -> None: ...
+
+    def extend(self, state: dict[str, Tensor]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a cluster's worker builds a pass's network again: the model spec, the folder its
+    relative paths start from, and the config's device (resolved where the worker runs)."""
+
+    spec: ModelSpec
+    base: Path
+    device: str
+
+
+@dataclass(frozen=True)
+class Read:
+    """What a shard of a pass gave: its accumulator's state and what it read."""
+
+    state: dict[str, Tensor]
+    outcome: Outcome
+
+
+class Shards(Protocol):
+    """What reads a pass elsewhere, shard by shard (`fvis.cluster.RayBackend`): `slots` shards
+    at once; `scan` feeds each shard (a range of image indices) to a copy of the blank
+    `accumulator` and yields (the shard's index, what it read) as each completes."""
+
+    def slots(self) -> int: ...
+
+    def scan(
+        self, scan: Scan, accumulator: Accumulator, shards: list[range]
+    ) -> Generator[tuple[int, Read]]: ...
 
 
 class Interrupted(UserError):
@@ -80,10 +116,18 @@ def layer_specs(
     return specs
 
 
+SHARDS_PER_SLOT = 4
+"""A pass on a cluster is cut into about this many shards per task it runs at once: enough to
+even out workers of unequal speed, few enough that a shard's start (its network's copy, its
+first batches) stays small beside its reading."""
+
+
 @dataclass
 class Scan:
     """A pass of `network` over `images`, reading `layers` ({name: spec}) at `batch` images a
-    step on `device`; `identity` is what a checkpoint must match to be resumed."""
+    step on `device`; `identity` is what a checkpoint must match to be resumed. With `backend`
+    the images are read in shards elsewhere (a Ray cluster), whose workers build the network
+    from `recipe`."""
 
     network: Network
     layers: dict[str, str]
@@ -92,6 +136,8 @@ class Scan:
     workers: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     identity: dict[str, Any] = field(default_factory=dict)
+    recipe: Recipe | None = None
+    backend: Shards | None = None
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         """{name: (units, positions)} of each layer, from one forward of one image."""
@@ -125,19 +171,21 @@ class Scan:
         Ctrl-C stops the pass between two batches, so the state saved is never that of a batch
         half taken in; a second Ctrl-C stops at once, keeping the last checkpoint saved.
         """
+        # The shards' accumulators start blank: copied before a checkpoint is loaded.
+        blank = accumulator if self.backend is None else copy.deepcopy(accumulator)
         start = self._resume(accumulator, checkpoint) if resume and checkpoint else 0
         outcome = Outcome(seen=start)
         saved = time.monotonic()
-        self.network.to(self.device)
         with _BetweenBatches() as stop:
             try:
-                for batch in batches(self.images, self.batch, self.workers, start):
-                    if len(batch.ids):
-                        accumulator.update(batch, self.forward(batch.images.to(self.device)))
-                    outcome.seen += len(batch.ids) + len(batch.skipped)
-                    outcome.skipped += batch.skipped
+                steps = (
+                    self._local(accumulator, start, outcome)
+                    if self.backend is None
+                    else self._sharded(self.backend, accumulator, blank, start, outcome)
+                )
+                for done in steps:
                     if progress:
-                        progress(outcome.seen, outcome.seen - start)
+                        progress(done, done - start)
                     if stop.requested:
                         raise KeyboardInterrupt
                     if checkpoint and time.monotonic() - saved > every:
@@ -148,6 +196,61 @@ class Scan:
         if checkpoint:  # what follows (writing the results) may be interrupted in turn
             self._save(accumulator, checkpoint, outcome.seen)
         return outcome
+
+    def _local(self, accumulator: Accumulator, start: int, outcome: Outcome) -> Generator[int]:
+        """Every batch from image `start` fed here, in order; after each, the images done."""
+        for batch in self._fed(accumulator, range(start, len(self.images))):
+            outcome.count(batch)
+            yield outcome.seen
+
+    def _sharded(
+        self,
+        backend: Shards,
+        accumulator: Accumulator,
+        blank: Accumulator,
+        start: int,
+        outcome: Outcome,
+    ) -> Generator[int]:
+        """The images from `start` read in shards by `backend`; each shard's state taken in
+        once those before it are (so `outcome.seen`, what a checkpoint keeps, counts only
+        images all read); after each shard, the images done anywhere."""
+        shards = self.shards(start, backend.slots())
+        arrived: dict[int, Read] = {}
+        done, merged = start, 0
+        with closing(backend.scan(self, blank, shards)) as results:  # closed: tasks cancelled
+            for index, read in results:
+                arrived[index] = read
+                done += len(shards[index])
+                while merged in arrived:
+                    taken = arrived.pop(merged)
+                    accumulator.extend(taken.state)
+                    outcome.seen += taken.outcome.seen
+                    outcome.skipped += taken.outcome.skipped
+                    merged += 1
+                yield done
+
+    def shards(self, start: int, slots: int) -> list[range]:
+        """The images from `start` cut into about SHARDS_PER_SLOT shards per slot, each a whole
+        number of batches: the batches a local pass reads, so the same activations."""
+        total = len(self.images)
+        count = -(-(total - start) // self.batch)
+        size = self.batch * max(1, -(-count // (SHARDS_PER_SLOT * max(slots, 1))))
+        return [range(first, min(first + size, total)) for first in range(start, total, size)]
+
+    def read(self, accumulator: Accumulator, shard: range) -> Read:
+        """The images of `shard` fed to `accumulator` here, in order (a cluster's task)."""
+        outcome = Outcome()
+        for batch in self._fed(accumulator, shard):
+            outcome.count(batch)
+        return Read(accumulator.state(), outcome)
+
+    def _fed(self, accumulator: Accumulator, images: range) -> Iterator[Batch]:
+        """Each batch of `images` (a range of indices), once fed to `accumulator`."""
+        self.network.to(self.device)
+        for batch in batches(self.images, self.batch, self.workers, images.start, images.stop):
+            if len(batch.ids):
+                accumulator.update(batch, self.forward(batch.images.to(self.device)))
+            yield batch
 
     def _interrupted(
         self, accumulator: Accumulator, checkpoint: Path | None, seen: int, hard: bool
@@ -173,7 +276,7 @@ class Scan:
             "identity": json.dumps(self.identity, sort_keys=True),
         }
         tensors = {name: t.contiguous().cpu() for name, t in accumulator.state().items()}
-        write_atomic(path, save(tensors, metadata=meta))
+        write_atomic(path, tensors_bytes(tensors, meta))
 
     def _resume(self, accumulator: Accumulator, path: Path) -> int:
         """Load a checkpoint into `accumulator`; the number of images it had seen."""
@@ -234,3 +337,8 @@ class Outcome:
 
     seen: int = 0
     skipped: tuple[str, ...] = ()
+
+    def count(self, batch: Batch) -> None:
+        """Count a batch read: its images and those it could not read."""
+        self.seen += len(batch.ids) + len(batch.skipped)
+        self.skipped += batch.skipped

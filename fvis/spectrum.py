@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from torch import Tensor
 
-from fvis.io import IMAGE_SUFFIXES, image_files, read_image, write_atomic
+from fvis.io import IMAGE_SUFFIXES, image_files, read_image, tensors_bytes, write_atomic
 
 FORMAT = "fvis-spectrum-1"
 
@@ -47,7 +46,7 @@ def folder_spectrum(folder: Path, size: int) -> tuple[Tensor, int]:
 def save_spectrum(path: Path, power: Tensor, count: int) -> None:
     """Write a spectrum file (.safetensors with its size and image count as metadata)."""
     meta = {"format": FORMAT, "size": str(power.shape[-2]), "images": str(count)}
-    write_atomic(path, save({"cross_power": power.contiguous()}, metadata=meta))
+    write_atomic(path, tensors_bytes({"cross_power": power.contiguous()}, meta))
 
 
 def load_spectrum(path: Path) -> Tensor:

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
 from torch import Tensor
 
 from fvis.config.param import COLOR_KEY
 from fvis.data import Batch
 from fvis.errors import UserError
-from fvis.io import write_atomic
+from fvis.io import tensors_bytes, write_atomic
 from fvis.params import check_color_root
 from fvis.scan import Outcome, Progress, Scan
 from fvis.zoo.stats import covariance_root
@@ -60,11 +59,14 @@ class Moments:
         if rows.device.type not in ("cpu", "cuda"):  # MPS has no float64
             rows = rows.cpu()
         rows = rows.double()
-        nb = rows.shape[0]
         mean_b = rows.mean(0)
         centred = rows - mean_b
-        m2_b = (centred.T @ centred).cpu()
-        mean_b = mean_b.cpu()
+        self.join(rows.shape[0], mean_b.cpu(), (centred.T @ centred).cpu())
+
+    def join(self, nb: int, mean_b: Tensor, m2_b: Tensor) -> None:
+        """Merge the moments of other rows: their count, mean and M2 (float64, on the CPU)."""
+        if not nb:
+            return
         n = self.n + nb
         delta = mean_b - self.mean
         self.mean += delta * (nb / n)
@@ -81,6 +83,11 @@ class Moments:
             f"{prefix}.mean": self.mean,
             f"{prefix}.m2": self.m2,
         }
+
+    def extend(self, state: dict[str, Tensor], prefix: str) -> None:
+        """Merge the moments another `Moments` saved as `state`."""
+        n = int(state[f"{prefix}.n"].item())
+        self.join(n, state[f"{prefix}.mean"].double(), state[f"{prefix}.m2"].double())
 
     def load(self, state: dict[str, Tensor], prefix: str) -> None:
         mean, m2 = state[f"{prefix}.mean"], state[f"{prefix}.m2"]
@@ -194,6 +201,17 @@ class StatsAccumulator:
         if self.pixels is not None:
             state.update(self.pixels.state(PIXEL))
         return state
+
+    def extend(self, state: dict[str, Tensor]) -> None:
+        for name, moments in self.moments.items():
+            moments.extend(state, f"layer.{name}")
+            self.class_sums[name] += state[f"layer.{name}.class_sums"].double()
+        self.class_counts += state["class_counts"]
+        if self.pixels is not None:
+            self.pixels.extend(state, PIXEL)
+        images, unlabelled = (int(v) for v in state["images"].tolist())
+        self.images += images
+        self.unlabelled += unlabelled
 
     def load(self, state: dict[str, Tensor]) -> None:
         for name, moments in self.moments.items():
@@ -317,4 +335,4 @@ def checkpoint_for(path: Path) -> Path:
 
 def write(path: Path, stats: Stats, **described: Any) -> None:
     """Write the statistics to `path` (atomically), with `described` in the metadata."""
-    write_atomic(path, save(stats.tensors(), metadata=stats.metadata(**described)))
+    write_atomic(path, tensors_bytes(stats.tensors(), stats.metadata(**described)))

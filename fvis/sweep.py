@@ -216,13 +216,16 @@ def run_sweep(
     progress: Callable[[str], None] | None = None,
     on_built: Callable[[], None] | None = None,
     backend: Backend | None = None,
+    advance: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Render every item not yet in the sweep folder; returns the folder and its index.
 
-    `on_built` is called once, when the first optimization has been built (the user's code,
-    if the config names any, has then run). `backend` renders the parts (default: one after
-    the other in this process; `fvis.cluster.RayBackend`: as tasks on a Ray cluster); this
-    process writes every file either way.
+    `progress` gets lines to show (and, without `advance`, one per optimization done);
+    `advance` gets (items rendered, items to render) as they arrive, from wherever they ran: a
+    progress bar's numbers. `on_built` is called once, when the first optimization has been
+    built (the user's code, if the config names any, has then run). `backend` renders the
+    parts (default: one after the other in this process; `fvis.cluster.RayBackend`: as tasks on
+    a Ray cluster); this process writes every file either way.
     """
     loaded = load_config(path, list(overrides))
     items = expand(path, overrides, overs)
@@ -232,7 +235,7 @@ def run_sweep(
         if backend is not None and on_built:
             on_built()  # the workers build and run the user's code
         local = Local(on_built)
-        return folder, _fill(folder, path, items, batch, progress, backend or local)
+        return folder, _fill(folder, path, items, batch, progress, backend or local, advance)
 
 
 def _fill(
@@ -242,6 +245,7 @@ def _fill(
     batch: int | None,
     progress: Callable[[str], None] | None,
     backend: Backend,
+    advance: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Render the items `folder` lacks, then its contact sheet; returns the folder's index."""
     index = read_index(folder)
@@ -249,12 +253,16 @@ def _fill(
     size = batch or (default_batch(todo[0], path.parent) if todo else 1)
     if progress and todo:
         progress(f"{len(todo)} items to render, up to {size} per optimization")
+    finished = 0
     for part, rendered in _rendered(path, list(groups(todo, size)), backend, progress):
         try:
             _write_items(folder, path, part, rendered, index)
         except UserError as exc:  # a full disk: the items written so far stay, indexed
             raise SweepFailed(f"{exc}; rerun the sweep to render the rest") from None
-        if progress:
+        finished += len(part)
+        if advance:
+            advance(finished, len(todo))
+        elif progress:
             progress(f"{len(index)}/{len(items)} items ({part[-1].key})")
     done = [i for i in items if i.key in index]
     drawing = items[0].config.output.curves  # items share their output settings

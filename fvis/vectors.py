@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fvis.sweep import run_sweep
+from fvis.sweep import Backend, run_sweep
 
 INDEX_PATH = "objective.vector.index"
 
@@ -69,10 +69,10 @@ def render_rows(
     folder: Path,
     batch: int | None = None,
     progress: Callable[[str], None] | None = None,
+    backend: Backend | None = None,
 ) -> list[Path]:
-    """Render rows 0..count-1 into the sweep folder `folder` (those already there are kept);
-    returns each row's PNG, in row order."""
-    _, index = run_sweep(
-        rows.config, rows.sets(), [f"{INDEX_PATH}=0:{count}"], folder, batch, progress
-    )
+    """Render rows 0..count-1 into the sweep folder `folder` (those already there are kept),
+    on `backend` (None: here); returns each row's PNG, in row order."""
+    over = [f"{INDEX_PATH}=0:{count}"]
+    _, index = run_sweep(rows.config, rows.sets(), over, folder, batch, progress, backend=backend)
     return [folder / index[f"{INDEX_PATH}={k}"]["file"] for k in range(count)]

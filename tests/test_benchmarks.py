@@ -130,9 +130,10 @@ def test_atlas_bench_times_a_small_atlas_and_reads_its_measures() -> None:
     assert len(row) == len(atlas.HEADER[0].split(" | "))
 
 
-def test_cluster_bench_times_a_tiny_local_sweep() -> None:
-    cluster = _script("cluster")
-    assert cluster.measure(2, 2, 0) > 0  # Ray's side runs in tests/test_cluster.py
+def test_cluster_bench_times_a_tiny_local_sweep_and_pass() -> None:
+    cluster = _script("cluster")  # Ray's side runs in tests/test_cluster.py
+    assert cluster.measure(cluster.RUN, cluster.CONFIG, 2, 2, 2, 0) > 0
+    assert cluster.measure(cluster.PASS, cluster.CONFIG, 128, 64, 0) > 0
 
 
 def test_bench_rewrites_its_own_device_section_and_keeps_the_others(tmp_path: Path) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 import fvis.io
 from fvis.errors import UserError
@@ -100,3 +104,25 @@ def test_an_unknown_format_or_empty_file_names_the_file_not_a_buffer(tmp_path: P
         str(info.value)
         == f"{tmp_path / 'empty.png'}: not a readable image (no image format Pillow knows)"
     )
+
+
+def test_a_safetensors_file_is_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    """safetensors writes its header's maps in hash order, which differs from process to
+    process; tensors_bytes writes them sorted, and the file reads back as written."""
+    script = (
+        "import sys, torch; from fvis.io import tensors_bytes; "
+        "t = {k: torch.arange(6.0).view(2, 3) + i for i, k in enumerate('zyxwvu')}; "
+        "sys.stdout.buffer.write(tensors_bytes(t, {k: k * 2 for k in 'qwertyuiop'}))"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    size = int.from_bytes(runs[0][:8], "little")
+    header = json.loads(runs[0][8 : 8 + size])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted("qwertyuiop")
+    (tmp_path / "t.safetensors").write_bytes(runs[0])
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as handle:
+        assert handle.metadata()["q"] == "qq"
+        assert torch.equal(handle.get_tensor("w"), torch.arange(6.0).view(2, 3) + 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,8 @@ def test_sweep_writes_items_sheet_index_and_resumes(cli, write_config, workdir: 
     stamp = (folder / "objective.channel=0.png").stat().st_mtime_ns
     second = cli("sweep", path, "--over", "objective.channel=0:4", "--out", "sw", "--batch", "3")
     assert second.exit_code == 0, second.output
-    assert "4/4 items" in second.stderr and "2/4" not in second.stderr  # only 2 were rendered
+    assert second.stderr.startswith("2 items to render, up to 3 per optimization")
+    assert " 2/2 100% " in second.stderr  # the bar counts the items this run renders
     assert (folder / "objective.channel=0.png").stat().st_mtime_ns == stamp
     index = json.loads((folder / "sweep.json").read_text())["items"]
     assert sorted(index) == [f"objective.channel={c}" for c in range(4)]
@@ -294,3 +296,17 @@ def test_a_full_disk_fails_the_sweep_and_keeps_what_is_indexed(
         "objective.channel=0",
         "objective.channel=1",
     ]
+
+
+def test_a_sweep_counts_its_items_on_a_progress_bar(cli, write_config) -> None:
+    """One bar for the whole sweep (fed as optimizations arrive, from any worker), not a line
+    per optimization; a rerun with nothing to render shows no bar."""
+    path = write_config(tiny_config(optim={"steps": 4}))
+    result = cli("sweep", path, "--over", "objective.channel=0:5", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "5 items to render, up to 2 per optimization"
+    assert re.search(r"^sweep \S+ .* 5/5 100% [\d.]+ items/s", lines[-1])
+    assert not any("items (" in line for line in lines)
+    again = cli("sweep", path, "--over", "objective.channel=0:5", "--batch", "2")
+    assert again.exit_code == 0 and again.stderr.strip() == ""

@@ -17,7 +17,6 @@ import captum
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import save
 
 import fvis
 from fvis import zoo
@@ -30,7 +29,7 @@ from fvis.config import ZooModelSpec
 from fvis.config.attribution import AttributionConfig
 from fvis.config.attribution_methods import METHODS
 from fvis.errors import SpecError, YamlPath
-from fvis.io import png_bytes, to_json, write_atomic
+from fvis.io import png_bytes, tensors_bytes, to_json, write_atomic
 from fvis.models import Network, build_network, resolve_device, torchvision_version
 
 RESERVED = ("inputs", "targets")
@@ -166,7 +165,7 @@ def write(run_dir: Path, outcome: Outcome) -> list[str]:
     resolved = resolved_config(plan.config)
     files = {
         "grid.png": png_bytes(_grid(outcome)),
-        "attributions.safetensors": save({k: v.contiguous() for k, v in tensors.items()}),
+        "attributions.safetensors": tensors_bytes({k: v.contiguous() for k, v in tensors.items()}),
         "config.yaml": yaml.safe_dump(resolved, sort_keys=False).encode(),
     }
     files["attribution.json"] = to_json(_metadata(outcome, resolved, sorted(files)))

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from fvis.scan import Scan
 
 from fvis.cli.common import (
+    AddressOption,
+    BackendOption,
     BatchOption,
     ConfigArg,
     DataOption,
@@ -30,6 +32,7 @@ from fvis.cli.common import (
     load,
     note_skipped,
     note_user_code,
+    ray_backend,
     step_progress,
     stop_on,
     user_errors,
@@ -78,6 +81,8 @@ def groups(
     resume: ResumeOption = False,
     batch: BatchOption = 64,
     workers: WorkersOption = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
     overrides: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -96,10 +101,14 @@ def groups(
 
     if image is None and data is None:
         fail("fvis groups: pass --image IMG (the groups of one image), --data SOURCE, or both")
+    with user_errors():
+        runner = ray_backend(backend, address)
     scan: Scan | None = None
     if data is not None:
         options = {"per_image": per_image, "groups": count}
-        loaded, scan = data_scan(config, overrides, data, [layer], batch, workers, **options)
+        loaded, scan = data_scan(
+            config, overrides, data, [layer], batch, workers, runner, **options
+        )
         network, spec = scan.network, scan.layers[layer]
     else:
         loaded = load(config, overrides)
@@ -118,7 +127,7 @@ def groups(
         with image_progress(f"groups {cfg.name}", total, quiet or not scan) as progress:
             written = neuron_groups.run(
                 network, spec, settings, folder, scan, image, resume, progress,
-                None if quiet else note,
+                None if quiet else note, runner,
             )  # fmt: skip
     if written.outcome is not None:
         note_skipped(written.outcome.skipped)
@@ -337,6 +346,8 @@ def atlas(
     resume: ResumeOption = False,
     batch: BatchOption = 64,
     workers: WorkersOption = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
     overrides: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -357,7 +368,9 @@ def atlas(
     with user_errors():
         activation_atlas.check_options(grid, cell)
     options = {"per_image": per_image, "class": klass, "logits": logits, "seed": seed}
-    loaded, scan = data_scan(config, overrides, data, [layer], batch, workers, **options)
+    with user_errors():
+        runner = ray_backend(backend, address)
+    loaded, scan = data_scan(config, overrides, data, [layer], batch, workers, runner, **options)
     cfg = loaded.config
     folder = out_dir or cfg.output.dir / f"{cfg.name}-atlas"
     with user_errors(loaded.source):
@@ -383,7 +396,7 @@ def atlas(
             note_skipped(done.outcome.skipped)
             log = None if quiet else note
             written = activation_atlas.make(
-                scan, settings, done, config, overrides or [], folder, log
+                scan, settings, done, config, overrides or [], folder, log, runner
             )
     for line in [] if quiet else written.summary(settings):
         note(f"{cfg.name}: {line}")

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import BaseModel
@@ -97,8 +97,8 @@ BackendOption = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="Where the optimizations run: local (this process) or ray (tasks on a Ray "
-        "cluster: --address, else a local one; pip install 'fvis[ray]').",
+        help="Where the work runs: local (this process) or ray (tasks on a Ray cluster: "
+        "--address, else a local one; pip install 'fvis[ray]').",
         metavar="local|ray",
     ),
 ]
@@ -114,7 +114,8 @@ AddressOption = Annotated[
 
 
 def ray_backend(backend: str, address: str | None) -> RayBackend | None:
-    """The sweeps' backend --backend and --address name: None for local."""
+    """The backend --backend and --address name (for renders and passes over data): None
+    for local."""
     if backend not in ("local", "ray"):
         fail(f"--backend {backend}: expected local or ray")
     if address and backend != "ray":
@@ -271,16 +272,18 @@ def data_scan(
     layers: list[str] | None,
     batch: int,
     workers: int | None,
+    runner: RayBackend | None = None,
     **options: object,
 ) -> tuple[Loaded, Scan]:
     """A config's model set to read `layers` over a data source (--data, its paths from the
-    current folder, else the config's `data:`, its paths from the config's folder); `options`
-    (the command's own) join what a checkpoint must match to be resumed."""
+    current folder, else the config's `data:`, its paths from the config's folder), here or
+    on `runner`'s cluster; `options` (the command's own) join what a checkpoint must match to
+    be resumed (the backend does not: a pass goes on wherever it is resumed)."""
     import os  # lazy: start-up time
 
     from fvis.data import open_source  # lazy: start-up time
     from fvis.models import build_network, resolve_device  # lazy: start-up time
-    from fvis.scan import Scan, layer_specs  # lazy: start-up time
+    from fvis.scan import Recipe, Scan, layer_specs  # lazy: start-up time
 
     with user_errors():
         loaded = load_config(config, overrides or [], {"data": ("--data", data)} if data else None)
@@ -314,6 +317,8 @@ def data_scan(
             auto if workers is None else workers,
             resolve_device(cfg.device),
             identity,
+            Recipe(cfg.model, config.parent.resolve(), cfg.device),
+            runner,
         )
     note_user_code(cfg.model, source, ("model",))
     return loaded, scan
@@ -347,6 +352,34 @@ def image_progress(
             bar.update(task, completed=done, rate=f"{rate:.0f} images/s")
 
         yield advance
+
+
+@contextmanager
+def item_progress(name: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar of items rendered (with items/s) on stderr, started with the first
+    items done (a command with nothing to render, or refused, shows none); nothing when
+    quiet."""
+    if quiet:
+        yield None
+        return
+    import time  # lazy: start-up time
+
+    bar = progress_bar("{task.percentage:>3.0f}%")
+    tasks: list[Any] = []
+    start = time.monotonic()
+
+    def advance(done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+            tasks.append(bar.add_task(name, total=total, rate=""))
+        rate = done / max(time.monotonic() - start, 1e-9)
+        bar.update(tasks[0], completed=done, total=total, rate=f"{rate:.2f} items/s")
+
+    try:
+        yield advance
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def note_skipped(skipped: tuple[str, ...]) -> None:

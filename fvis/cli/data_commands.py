@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from fvis.cli.common import (
+    AddressOption,
+    BackendOption,
     BatchOption,
     ConfigArg,
     DataOption,
@@ -25,6 +27,7 @@ from fvis.cli.common import (
     new_file,
     note_skipped,
     probe_app,
+    ray_backend,
     user_errors,
 )
 from fvis.display import note, say, show
@@ -71,6 +74,8 @@ def examples(
     resume: ResumeOption = False,
     batch: BatchOption = 64,
     workers: WorkersOption = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
     overrides: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -89,7 +94,9 @@ def examples(
     with user_errors():
         wanted = dataset_examples.parse_channels(channels)
     options = {"channels": None if wanted is None else list(wanted), "top": top}
-    loaded, scan = data_scan(config, overrides, data, layers, batch, workers, **options)
+    with user_errors():
+        runner = ray_backend(backend, address)
+    loaded, scan = data_scan(config, overrides, data, layers, batch, workers, runner, **options)
     cfg = loaded.config
     folder = out_dir or cfg.output.dir / f"{cfg.name}-examples"
     with user_errors(loaded.source):
@@ -125,6 +132,8 @@ def stats(
     resume: ResumeOption = False,
     batch: BatchOption = 64,
     workers: WorkersOption = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
     overrides: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -139,7 +148,9 @@ def stats(
     """
     from fvis import stats as activation_stats  # lazy: start-up time
 
-    loaded, scan = data_scan(config, overrides, data, layers, batch, workers)
+    with user_errors():
+        runner = ray_backend(backend, address)
+    loaded, scan = data_scan(config, overrides, data, layers, batch, workers, runner)
     cfg = loaded.config
     target = out_path or cfg.output.dir / f"{cfg.name}-stats.safetensors"
     checkpoint = activation_stats.checkpoint_for(target)
@@ -208,6 +219,8 @@ def probe_train(
     ] = 1e-3,
     batch: BatchOption = 64,
     workers: WorkersOption = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
     overrides: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -222,7 +235,9 @@ def probe_train(
     """
     from fvis import probe  # lazy: start-up time
 
-    loaded, scan = data_scan(config, overrides, data, layers, batch, workers)
+    with user_errors():
+        runner = ray_backend(backend, address)
+    loaded, scan = data_scan(config, overrides, data, layers, batch, workers, runner)
     cfg = loaded.config
     target = out_path or cfg.output.dir / f"{cfg.name}-probe.safetensors"
     with user_errors(), new_file(target, force):

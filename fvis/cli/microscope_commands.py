@@ -145,9 +145,11 @@ def microscope(
     with user_errors(loaded.source):
         given = layer_list(layers, loaded.config)
     names = list(dict.fromkeys([*site_builder.built_layers(folder), *given]))
+    with user_errors():
+        runner = ray_backend(backend, address)
     scan: Scan | None = None
     if data is not None:
-        loaded, scan = data_scan(config, overrides, data, names, 64, workers)
+        loaded, scan = data_scan(config, overrides, data, names, 64, workers, runner)
         network = scan.network
     else:
         with user_errors(loaded.source):
@@ -172,7 +174,6 @@ def microscope(
         user_errors(loaded.source),
         image_progress(f"examples {cfg.name}", total, quiet or not scan) as progress,
     ):
-        runner = ray_backend(backend, address)
         index = site_builder.run(
             settings, loaded, network, folder, scan, force, None if quiet else note, progress,
             runner,

@@ -19,6 +19,7 @@ from fvis.cli.common import (
     SetOption,
     app,
     fail,
+    item_progress,
     load,
     model_target,
     note_user_code,
@@ -207,13 +208,14 @@ def sweep(
     """Render one image per value of a config path, batched.
 
     For instance every channel of a layer. Writes one PNG per item, sheet.png and sweep.json;
-    items already there are skipped. With --backend ray, each optimization is a task on a Ray
-    cluster and this process writes what they send back.
+    items already there are skipped; a progress bar counts the items rendered. With --backend
+    ray, each optimization is a task on a Ray cluster and this process writes what they send
+    back.
     """
     from fvis.sweep import SHEET, run_sweep  # lazy: start-up time
 
     loaded = load(config, overrides)
-    with user_errors():
+    with user_errors(), item_progress(f"sweep {loaded.config.name}", quiet) as advance:
         runner = ray_backend(backend, address)
         folder, _ = run_sweep(
             config,
@@ -224,6 +226,7 @@ def sweep(
             None if quiet else note,
             on_built=lambda: note_user_code(loaded.config, loaded.source),
             backend=runner,
+            advance=advance,
         )
     say(str(folder / SHEET))
 

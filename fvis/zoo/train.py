@@ -8,7 +8,6 @@ torch versions may differ in the last bits, with the same accuracy).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +17,9 @@ from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save
 from torch import Tensor, nn
 
-from fvis.io import write_atomic
+from fvis.io import tensors_bytes, write_atomic
 from fvis.zoo import MODELS
 from fvis.zoo.data import CLASSES, generate, sample
 from fvis.zoo.net import ShapesNet
@@ -123,20 +121,6 @@ def _fit(
     return loss.item()
 
 
-def _canonical(blob: bytes) -> bytes:
-    """A safetensors file with its JSON header re-serialized with sorted keys.
-
-    safetensors writes the metadata map in hash order, which changes from run to run; the
-    layout is ``u64 little-endian header length | JSON header (space-padded to 8 bytes) |
-    data``, and entries locate their data by explicit offsets, so key order is free.
-    """
-    size = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + size])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
-
-
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """Write ``model``'s state dict (in eval mode) as safetensors with string ``metadata``.
 
@@ -145,7 +129,7 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None
     model.eval()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, _canonical(save(state, metadata=metadata)))
+    write_atomic(path, tensors_bytes(state, metadata))
 
 
 def train(
