@@ -6,7 +6,7 @@ FVIS := $(VENV)/bin/fvis
 # a fresh clone needs no `make install` first, and pyproject.toml newer than it reinstalls.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench bench-quality bench-data bench-atlas bench-microscope bench-cluster microscope
+.PHONY: install test test-all lint render gallery schema readme-images clean sweep-conv3 sweep-classes bench bench-quality bench-data bench-atlas bench-prior bench-microscope bench-cluster microscope
 .PHONY: regress regress-update regress-render regress-portable drift
 .PHONY: parameterizations shapes-spectrum
 
@@ -53,6 +53,9 @@ bench-quality: $(INSTALLED)  ## fvis vs torch-lucent picture quality on the buil
 
 bench-data: $(INSTALLED)  ## fvis examples vs the bare forward over the same data, memory at 2k and 20k images; writes benchmarks/data.md
 	$(PY) benchmarks/data.py
+
+bench-prior: $(INSTALLED)  ## the shipped learned prior at several weights, and its control; writes benchmarks/prior.md
+	$(PY) benchmarks/prior.py
 
 bench-atlas: $(INSTALLED)  ## the time of a 20x20 activation atlas of conv4 over 5,000 zoo images; writes benchmarks/atlas.md
 	$(PY) benchmarks/atlas.py

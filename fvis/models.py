@@ -112,11 +112,24 @@ def _build_network(spec: ModelSpec, base: Path) -> Network:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    if spec.control == "shuffled":
+        shuffle_weights(model)
     if not isinstance(model, torch.jit.ScriptModule):  # compiled code: nothing to change
         for module in model.modules():
             if getattr(module, "inplace", False) is True:
                 setattr(module, "inplace", False)  # noqa: B010 (not every module declares it)
     return Network(model, _preprocessing(spec.input, defaults))
+
+
+@torch.no_grad()
+def shuffle_weights(model: nn.Module, seed: int = 0) -> None:
+    """Permute the entries of every floating-point parameter and buffer of `model` in place,
+    each by its own draw from `seed`: the control network of `model.control: shuffled`."""
+    generator = torch.Generator().manual_seed(seed)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point() and tensor.numel() > 1:
+            flat = tensor.flatten()
+            tensor.copy_(flat[torch.randperm(len(flat), generator=generator)].view_as(tensor))
 
 
 def resolve_device(name: str) -> torch.device:

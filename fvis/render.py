@@ -312,6 +312,16 @@ class Renderer:
         self.result.trace = {name: self.trace[:done, i].tolist() for i, name in enumerate(names)}
 
     @torch.no_grad()
+    def score(self, images: torch.Tensor) -> list[float]:
+        """The objective of each of `images` [B, C, H, W] in [0, 1] (another render's, with
+        this render's batch size) on this render's network, as a snapshot scores its own."""
+        model = self.plan.network.model
+        with Capture(model, self.plan.objective.layers, self.forward) as capture:
+            image = images.to(self.plan.device)
+            acts = Activations({**capture.run(self.plan.param.opaque(image)), IMAGE: image})
+            return self.plan.objective(acts).expand(len(image)).tolist()
+
+    @torch.no_grad()
     def _snapshot(self, capture: Capture, step: int) -> Snapshot:
         """The current images and the value of every term on them, without random transforms."""
         image = self.plan.param()

@@ -53,8 +53,10 @@ OUTPUTS = re.compile(
     r"grid\.png|curves\.png|(image|transparency)_\d+\.png|cppn\.safetensors|config\.yaml"
     r"|checkpoint\.pt"
     r"|run\.json|attributions\.safetensors|attribution\.json"
+    r"|control\.json|control/[^/.][^/]*"
 )
-"""The files fvis writes in a run folder (render and attribute): the only ones --force removes."""
+"""The files fvis writes in a run folder (render and attribute, and a prior's control render in
+control/): the only ones --force removes."""
 MARKERS = ("run.json", "attribution.json")
 """A folder holding one of these is a run folder, which --force may clear."""
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from fvis.cluster import RayBackend
+    from fvis.config.data import DataSpec
     from fvis.render import Renderer
     from fvis.scan import Scan
 
@@ -56,6 +57,14 @@ probe_app = typer.Typer(
 
 
 app.add_typer(probe_app, name="probe")
+
+
+prior_app = typer.Typer(
+    help="Learned priors: train a denoiser of a data source's images.", no_args_is_help=True
+)
+
+
+app.add_typer(prior_app, name="prior")
 
 
 ConfigArg = Annotated[
@@ -157,13 +166,14 @@ def load(path: Path, overrides: list[str] | None) -> Loaded:
 
 @contextmanager
 def step_progress(
-    name: str, steps: int, quiet: bool
+    name: str, steps: int, quiet: bool, measure: str = "objective"
 ) -> Iterator[Callable[[int, float], None] | None]:
-    """A rich progress bar (step, objective, speed) on stderr, or nothing when quiet."""
+    """A rich progress bar (step, the `measure` reached, speed) on stderr, or nothing when
+    quiet."""
     if quiet:
         yield None
         return
-    with progress_bar("objective {task.fields[score]}") as bar:
+    with progress_bar(measure + " {task.fields[score]}") as bar:
         task = bar.add_task(name, total=steps, score="-", rate="")
 
         def report(step: int, score: float) -> None:
@@ -322,6 +332,19 @@ def data_scan(
         )
     note_user_code(cfg.model, source, ("model",))
     return loaded, scan
+
+
+def parse_data(text: str) -> DataSpec:
+    """A --data SOURCE given without a config (its paths from the current folder)."""
+    from pydantic import ValidationError  # lazy: start-up time
+
+    from fvis.config.data import DATA  # lazy: start-up time
+
+    try:
+        return DATA.validate_python(text)
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise UserError(f"--data {text}: {message}") from None
 
 
 def layer_list(given: list[str] | None, config: Config) -> list[str]:

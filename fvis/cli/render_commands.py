@@ -135,6 +135,7 @@ def _render_one(
                 f"{config}: run folder {run_dir} is also {other}'s in this command; give one "
                 "of them another `name:`"
             )
+    from fvis import control as prior_control  # lazy: start-up time
     from fvis.build import build_plan  # lazy: start-up time
     from fvis.render import Renderer  # lazy: start-up time
 
@@ -151,6 +152,11 @@ def _render_one(
             warn(loaded, plan.warnings)  # the run starts: a refusal above is one line
             with step_progress(str(cfg.name), cfg.optim.steps, quiet) as report, stop_on(renderer):
                 result = runs.render_run(run_dir, cfg, plan, renderer, report, fresh=not resume)
+            if result.status == "complete" and prior_control.wanted(cfg):
+                with step_progress(f"{cfg.name} control", cfg.optim.steps, quiet) as report:
+                    compared = prior_control.run(run_dir, cfg, base, renderer, report)
+                if not quiet:
+                    note(prior_control.summary(run_dir / prior_control.FILE, compared))
     final = result.final.objective
     summary = (
         f"{cfg.name}: {result.status}, {result.steps_done} steps in {result.seconds:.1f}s on "

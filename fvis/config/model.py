@@ -27,12 +27,24 @@ class InputSpec(Node):
     )
 
 
+Control = Annotated[
+    Literal["shuffled"] | None,
+    Field(
+        description="A control network instead of the learned one: `shuffled` permutes the "
+        "entries of every weight tensor (seed 0), keeping the architecture and each tensor's "
+        "statistics but no learned feature: what a render owes to the network, not to its "
+        "prior or parameterization, is what it loses on the control."
+    ),
+]
+
+
 class ZooModelSpec(Node):
     """A model of fvis's own zoo, shipped with the package (see `fvis zoo list`)."""
 
     source: Literal["zoo"] = "zoo"
     name: str = Field("shapes", description="Zoo model name.")
     input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+    control: Control = None
 
 
 class TorchvisionModelSpec(Node):
@@ -48,6 +60,7 @@ class TorchvisionModelSpec(Node):
         default_factory=dict, description="Extra keyword arguments for the model builder."
     )
     input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+    control: Control = None
 
 
 class CheckpointModelSpec(Node):
@@ -70,6 +83,7 @@ class CheckpointModelSpec(Node):
     )
     strict: bool = Field(True, description="Require the keys to match the architecture exactly.")
     input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+    control: Control = None
 
 
 class TorchScriptModelSpec(Node):
@@ -80,6 +94,7 @@ class TorchScriptModelSpec(Node):
         description="TorchScript file; relative paths are from the config's folder."
     )
     input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+    control: Control = None
 
 
 class FactoryModelSpec(Node):
@@ -91,6 +106,7 @@ class FactoryModelSpec(Node):
         default_factory=dict, description="Keyword arguments for the factory."
     )
     input: InputSpec = Field(default_factory=InputSpec, description="Input preprocessing.")
+    control: Control = None
 
 
 ModelSpec = Annotated[

@@ -177,6 +177,28 @@ class BlurObjective(ObjectiveNode):
     sigma: float = Field(1.0, gt=0, le=64, description="Blur sigma in pixels.")
 
 
+class PriorObjective(ObjectiveNode):
+    """A learned prior's pull toward the data: regularization by denoising (Romano et al. 2017),
+    1/2 ||x - D(x)||^2 per item, its gradient x - D(x), with D a denoiser of the data's images
+    (`fvis prior train`); a penalty."""
+
+    kind: Literal["prior"]
+    positional = ("file",)
+    builds = "fvis.prior:DenoiserPrior"
+    regularizer = True
+    file: str = Field(
+        "zoo:shapes",
+        description="The prior: a file `fvis prior train` wrote, or zoo:NAME for the one a "
+        "built-in model ships with.",
+    )
+    layer: LayerName = "image"
+    control: bool = Field(
+        False,
+        description="Also render the config on the control network (model.control: shuffled) "
+        "into RUN/control/, and compare the two in RUN/control.json: what the prior draws alone.",
+    )
+
+
 class _DistancePenalty(ObjectiveNode):
     """Shared by the norms of (activation - constant): on the image unless told otherwise."""
 

@@ -46,6 +46,8 @@ class ZooModel:
     weights: str
     sha256: str
     build: Callable[[], nn.Module]
+    prior: str | None = None  # a denoiser of its data (`fvis.prior`), beside the weights
+    prior_sha256: str | None = None
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -79,6 +81,9 @@ SHAPES = ZooModel(
     weights="shapes.safetensors",
     sha256="63581447988b1c384e60c62ca86dc22376f75fe16bc5d34ef185ed66f4d5688e",
     build=ShapesNet,
+    # fvis prior train --data zoo:shapes:5000 -o shapes-prior.safetensors (the defaults)
+    prior="shapes-prior.safetensors",
+    prior_sha256="48567a46d0704b405fcd512e2ad395b6b5a3dbeb45ca275c2beeb5c82cff2b4e",
 )
 
 MODELS: dict[str, ZooModel] = {SHAPES.name: SHAPES}
@@ -130,4 +135,20 @@ def load(name: str) -> nn.Module:
         return load_from(entry, path)
 
 
-__all__ = ["MODELS", "ZooModel", "get", "load", "load_from", "sha256_file"]
+def prior_file(name: str) -> Path:
+    """The prior (`fvis.prior`) the zoo model ``name`` ships with, checked against its sha256;
+    `ValueError` where it ships none or the file was changed."""
+    entry = get(name)
+    if entry.prior is None:
+        raise ValueError(f"zoo model {name!r} ships no prior")
+    path = Path(str(resources.files(__name__) / entry.prior))
+    actual = sha256_file(path)
+    if actual != entry.prior_sha256:
+        raise ValueError(
+            f"prior file {path} of zoo model {name!r} has sha256 {actual}, expected "
+            f"{entry.prior_sha256}: the file is corrupt or was replaced; reinstall fvis"
+        )
+    return path
+
+
+__all__ = ["MODELS", "ZooModel", "get", "load", "load_from", "prior_file", "sha256_file"]

@@ -39,6 +39,13 @@ VARIANTS: dict[str, list[str]] = {
     "pixel + blur penalty": ["param.kind=pixel", "regularizers=[{kind: blur, weight: 0.05}]"],
     "pixel + grad_blur": ["param.kind=pixel", "optim.grad_blur=1"],
     "pixel + grad_pyramid": ["param.kind=pixel", "optim.grad_pyramid=4"],
+    "fft + prior": ["param.kind=fft", "regularizers=[{kind: prior, weight: 0.25}]"],
+    "pixel + prior": ["param.kind=pixel", "regularizers=[{kind: prior, weight: 0.25}]"],
+    "fft + prior, control network": [
+        "param.kind=fft",
+        "regularizers=[{kind: prior, weight: 0.25}]",
+        "model.control=shuffled",
+    ],
 }
 
 
