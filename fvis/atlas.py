@@ -35,7 +35,7 @@ from torch import Tensor
 from fvis import runs, vectors, zoo
 from fvis.config import ModelSpec, ZooModelSpec
 from fvis.data import UNLABELLED, Batch, Images
-from fvis.errors import UserError
+from fvis.errors import Interrupted, UserError
 from fvis.hooks import Capture, select
 from fvis.io import (
     MAX_IMAGE_PIXELS,
@@ -47,7 +47,7 @@ from fvis.io import (
     write_atomic,
 )
 from fvis.models import Network
-from fvis.scan import Interrupted, Outcome, Progress, Scan, units
+from fvis.scan import Outcome, Progress, Scan, units
 from fvis.sweep import Backend
 from fvis.writers import versions
 from fvis.zoo import data as zoo_data

@@ -18,3 +18,10 @@ class SpecError(UserError):
         super().__init__(message)
         self.loc = loc
         self.message = message
+
+
+class Interrupted(UserError):
+    """Work stopped by Ctrl-C (or SIGTERM) after saving its checkpoint (a pass over data, a
+    prior's training): exit 130, as a shell reports an interrupted command."""
+
+    exit_code = 130

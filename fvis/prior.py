@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from fvis import zoo
 from fvis.data import Images
-from fvis.errors import SpecError, UserError, YamlPath
+from fvis.errors import Interrupted, SpecError, UserError, YamlPath
 from fvis.hooks import IMAGE
 from fvis.io import resolve, tensors_bytes, write_atomic
 from fvis.objectives.algebra import Leaf, TermError, label
@@ -186,7 +186,7 @@ def _fit(
                 saved = time.monotonic()
     except KeyboardInterrupt:
         _save(checkpoint, identity, model, optimizer, generator, step, losses)
-        raise UserError(
+        raise Interrupted(
             f"interrupted at step {step} of {settings.steps}; kept in {checkpoint}: run the "
             "same command with --resume to go on"
         ) from None

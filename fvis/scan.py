@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fvis.config import ModelSpec
 from fvis.data import Batch, Images, batches
-from fvis.errors import SpecError, UserError
+from fvis.errors import Interrupted, SpecError, UserError
 from fvis.hooks import Capture, resolve_layer, select
 from fvis.io import tensors_bytes, write_atomic
 from fvis.models import Network
@@ -81,12 +81,6 @@ class Shards(Protocol):
     def scan(
         self, scan: Scan, accumulator: Accumulator, shards: list[range]
     ) -> Generator[tuple[int, Read]]: ...
-
-
-class Interrupted(UserError):
-    """A pass stopped by Ctrl-C (or SIGTERM) after saving its checkpoint: exit 130."""
-
-    exit_code = 130
 
 
 def units(x: Tensor) -> Tensor:

@@ -17,9 +17,9 @@ from fvis import atlas, runs
 from fvis.config import load_config
 from fvis.config.data import DATA
 from fvis.data import UNLABELLED, Batch, FileImages, open_source
-from fvis.errors import UserError
+from fvis.errors import Interrupted, UserError
 from fvis.models import Network, Preprocessing, build_network
-from fvis.scan import Interrupted, Scan, layer_specs
+from fvis.scan import Scan, layer_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

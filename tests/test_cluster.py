@@ -25,8 +25,7 @@ from safetensors.torch import load_file
 from fvis import cluster
 from fvis import examples as dataset_examples
 from fvis.cli.common import data_scan
-from fvis.errors import UserError
-from fvis.scan import Interrupted
+from fvis.errors import Interrupted, UserError
 from fvis.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from fvis.config import ZooModelSpec, load_config
 from fvis.config.data import DATA, FolderData, ImageFolderData, ZooData
 from fvis.data import UNLABELLED, Batch, batches, fit, open_source
-from fvis.errors import SpecError, UserError
+from fvis.errors import Interrupted, SpecError, UserError
 from fvis.models import build_network
-from fvis.scan import Interrupted, Scan, units
+from fvis.scan import Scan, units
 from fvis.zoo import data as zoo_data
 
 

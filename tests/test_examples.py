@@ -18,11 +18,11 @@ from conftest import TINY_MODEL, tiny_config
 from fvis import examples
 from fvis.config import ZooModelSpec
 from fvis.data import Batch, Images
-from fvis.errors import UserError
+from fvis.errors import Interrupted, UserError
 from fvis.examples import INDEX, TENSORS, Layer, TopK
 from fvis.models import build_network
 from fvis.receptive import Field, field
-from fvis.scan import Interrupted, Scan
+from fvis.scan import Scan
 from fvis.zoo import data as zoo_data
 
 CHECKPOINT = examples.CHECKPOINT

@@ -15,7 +15,7 @@ from fvis import prior, zoo
 from fvis.config import ZooModelSpec
 from fvis.config.data import DATA
 from fvis.data import open_source
-from fvis.errors import UserError
+from fvis.errors import Interrupted, UserError
 from fvis.io import read_image
 from fvis.models import build_network
 from fvis.zoo.quality import high_frequency_share
@@ -55,7 +55,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> 
             raise KeyboardInterrupt
 
     out = tmp_path / "p.safetensors"
-    with pytest.raises(UserError, match=r"^interrupted at step 5 of 12; kept in .*--resume"):
+    with pytest.raises(Interrupted, match=r"^interrupted at step 5 of 12; kept in .*--resume"):
         prior.train(shapes(), TINY, out, progress=stop_at_5)
     assert prior.partial_path(out).is_file() and not out.exists()
     with pytest.raises(UserError, match="other settings"):

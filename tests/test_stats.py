@@ -20,8 +20,9 @@ from fvis.cli import app
 from fvis.config import ZooModelSpec
 from fvis.config.data import DATA
 from fvis.data import Images, open_source
+from fvis.errors import Interrupted
 from fvis.models import build_network
-from fvis.scan import Interrupted, Scan, layer_specs
+from fvis.scan import Scan, layer_specs
 from fvis.zoo.data import CLASSES
 from fvis.zoo.stats import color_correlation_sqrt
 
