@@ -255,11 +255,9 @@ def _batch_warnings(config: Config) -> list[tuple[YamlPath, str]]:
     render would maximize nothing)."""
     if config.param.batch > 1:
         return []
-    roots: list[tuple[YamlPath, ObjectiveNode]] = [(("objective",), config.objective)]
-    roots += [(("regularizers", i), reg) for i, reg in enumerate(config.regularizers)]
     kind = {cls: name for name, cls in KINDS.items()}
     warnings = []
-    for loc, node in (found for root in roots for found in _nodes(*root)):
+    for loc, node in objective_nodes(config):
         if type(node).cross_batch:
             effect = "renders its start only" if _children(node, loc) else "scores 0"
             warnings.append(
@@ -297,6 +295,13 @@ def _children(node: ObjectiveNode, loc: YamlPath) -> list[tuple[YamlPath, Object
                 ((*loc, name, i), v) for i, v in enumerate(value) if isinstance(v, ObjectiveNode)
             ]
     return found
+
+
+def objective_nodes(config: Config) -> Iterator[tuple[YamlPath, ObjectiveNode]]:
+    """Every objective node of the config's objective and regularizers, located, depth first."""
+    yield from _nodes(("objective",), config.objective)
+    for i, regularizer in enumerate(config.regularizers):
+        yield from _nodes(("regularizers", i), regularizer)
 
 
 def _nodes(loc: YamlPath, node: ObjectiveNode) -> Iterator[tuple[YamlPath, ObjectiveNode]]:

@@ -11,14 +11,14 @@ picture the prior would draw alone) and the objective each reaches on the real n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fvis import runs
-from fvis.build import build_plan
+from fvis.build import build_plan, objective_nodes
 from fvis.compare import ssim
 from fvis.config import Config
+from fvis.config.objective import PriorObjective
 from fvis.errors import UserError
 from fvis.io import to_json, write_atomic
 from fvis.render import Progress, Renderer
@@ -30,19 +30,9 @@ FILE = "control.json"
 def wanted(config: Config) -> bool:
     """Whether a `prior` term of the config (in its objective or regularizers) asks for the
     control render."""
-    dumped = config.model_dump(mode="json", include={"objective", "regularizers"})
-    return any(node.get("kind") == "prior" and node.get("control") for node in _nodes(dumped))
-
-
-def _nodes(node: Any) -> Iterator[dict[str, Any]]:
-    """Every mapping of a dumped config tree."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _nodes(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _nodes(value)
+    return any(
+        isinstance(node, PriorObjective) and node.control for _, node in objective_nodes(config)
+    )
 
 
 def run(

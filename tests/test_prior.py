@@ -217,3 +217,32 @@ def test_a_prior_with_control_renders_the_control_and_compares(tmp_path: Path, c
     again = cli("render", prior_config(tmp_path, "zoo:shapes"), "--out", run_dir, "--force", "-q")
     assert again.exit_code == 0, again.output
     assert not (run_dir / "control.json").exists() and not any((run_dir / "control").glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("objective", "regularizers", "wanted"),
+    [
+        ({"kind": "class_logit", "index": 5}, [{"kind": "prior"}], False),
+        ({"kind": "class_logit", "index": 5}, [{"kind": "prior", "control": True}], True),
+        (
+            {
+                "kind": "sum",
+                "terms": [
+                    {"kind": "class_logit", "index": 5},
+                    {"kind": "prior", "weight": -0.25, "control": True},
+                ],
+            },
+            [],
+            True,
+        ),
+    ],
+)
+def test_a_control_is_rendered_where_a_prior_term_asks_for_it(
+    tmp_path: Path, objective: dict, regularizers: list, wanted: bool
+) -> None:
+    from fvis import control
+    from fvis.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"objective": objective, "regularizers": regularizers}))
+    assert control.wanted(load_config(path, []).config) is wanted
