@@ -47,7 +47,7 @@ bench: $(INSTALLED)  ## fvis vs torch-lucent vs the floor (installs the bench ex
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/bench.py
 
-bench-quality: $(INSTALLED)  ## fvis vs torch-lucent picture quality on the built-in model (installs the bench extra; hours on 2 CPU cores); writes benchmarks/quality.md
+bench-quality: $(INSTALLED)  ## fvis vs torch-lucent picture quality on the built-in model (installs the bench extra; about an hour on 2 CPU cores); writes benchmarks/quality.md
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/quality.py
 

@@ -37,13 +37,11 @@ wall time of each render, in a process of its own.
     python benchmarks/quality.py --quick  # 64 px, the classes, fvis 128 and 256 steps against
                                           # lucent 512, one seed: 3 min on 2 busy CPU cores
 
-The full run (2 tools x 2 sizes x 4 step counts x 3 target sets x 3 seeds: 144 renders) is
-estimated at about four hours on 2 idle CPU cores, not measured: about 25 min for 64 px (from
-lucent's 29 s and fvis's 7.4 s for the ten classes at 512 and 256 steps, 16-item channel sets
-counted 1.6 times a class set, plus 5 s to start each process), and about 12 times that
-compute at 224 px. `--sizes`, `--steps`, `--targets` and `--seeds` restrict it. Other
-processes on the machine lengthen every time: the report gives the load average at the start
-and at the end.
+The full run (2 tools x 2 sizes x 4 step counts x 3 target sets x 3 seeds: 144 renders) took
+67 min on 2 CPU cores (AMD EPYC, 2026-11-27); `--sizes 224` alone took 66 min the next day,
+most of it lucent's 512-step renders (170-305 s each at 224 px). `--sizes`, `--steps`,
+`--targets` and `--seeds` restrict it. Other processes on the machine lengthen every time:
+the report gives the load average at the start and at the end.
 """
 
 from __future__ import annotations

@@ -287,7 +287,8 @@ class PixelImage(ImageParam):
 
 
 class FourierImage(ImageParam):
-    """Real-FFT coefficients scaled by 1 / max(f, 1/max(h, w))^decay, inverted orthonormally.
+    """Real-FFT coefficients scaled by 1 / max(f, 1/p)^decay, inverted orthonormally, where p
+    is the longest period favoured: `period`, or the image's size where smaller (or unset).
 
     The orthonormal inverse keeps the image's scale independent of its size, so one learning
     rate fits every size; the 1/f scaling gives low frequencies larger steps (preconditioning).
@@ -304,7 +305,8 @@ class FourierImage(ImageParam):
         fy = torch.fft.fftfreq(h)[:, None]
         fx = torch.fft.rfftfreq(w)[None, :]
         freq = (fx.square() + fy.square()).sqrt()
-        scale = freq.clamp(min=1.0 / max(h, w)).pow(-spec.decay) * FFT_OUTPUT_SCALE
+        longest = min(max(h, w), spec.period or max(h, w))
+        scale = freq.clamp(min=1.0 / longest).pow(-spec.decay) * FFT_OUTPUT_SCALE
         self.register_buffer("scale", scale)
 
     def draw(self, g: torch.Generator) -> Params:

@@ -3,6 +3,7 @@ alpha, the 1/f spectrum, CPPN sizes and MACO's fixed magnitude."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import TypeAdapter
 
-from fvis.build import streams_for
-from fvis.config import FFTParam, Param, PixelParam
+from fvis.build import build_plan, streams_for
+from fvis.compare import ssim
+from fvis.config import FFTParam, Param, PixelParam, load_config
 from fvis.io import read_image, to_pil
 from fvis.params import (
     IMAGENET_COLOR_SQRT,
@@ -23,8 +25,10 @@ from fvis.params import (
     energy_std,
     load_cppn,
 )
+from fvis.render import Renderer
 from fvis.zoo.data import generate_class
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 KINDS = ["pixel", "fft", "laplacian", "lowres", "cppn", "maco"]
 EXACT = ["pixel", "fft", "laplacian", "maco"]  # kinds that can hold any image
 
@@ -105,6 +109,54 @@ def test_fft_scale_follows_inverse_frequency() -> None:
     assert scale[0, 1].item() == pytest.approx(1.0)
     assert scale[0, 4].item() == pytest.approx(0.25)
     assert scale[3, 4].item() == pytest.approx(0.2)
+
+
+def test_fft_scale_stops_growing_beyond_the_period() -> None:
+    """Frequencies under 1/period take the scale of 1/period; without a period (lucid), the
+    floor is one cycle across the image."""
+    floored = FourierImage(FFTParam(decay=1.0, period=32), (128, 128), 3, None).scale
+    lucid = FourierImage(FFTParam(decay=1.0, period=None), (128, 128), 3, None).scale
+    assert torch.equal(floored[0, :5], floored[0, :1].expand(5))  # f = 0 .. 4/128 = 1/32
+    assert floored[0, 8].item() == pytest.approx(floored[0, 0].item() / 2)  # f = 1/16
+    assert torch.equal(floored[0, 4:], lucid[0, 4:])
+    assert lucid[0, 4].item() == pytest.approx(lucid[0, 0].item() / 4)
+
+
+def test_an_image_no_larger_than_the_period_keeps_lucids_scale() -> None:
+    for size in ((64, 64), (48, 64), (32, 32)):
+        default = FourierImage(FFTParam(), size, 3, None).scale
+        assert torch.equal(default, FourierImage(FFTParam(period=None), size, 3, None).scale)
+
+
+def test_the_period_keeps_a_large_render_from_collapsing_into_image_wide_fields() -> None:
+    """192 px, three items from three starts: lucid's floor puts a quarter or more of each
+    render's power in periods over 64 px and the items look alike; the default period 64 takes
+    that share down and the items apart (mean pairwise 1 - SSIM up)."""
+
+    def render(period: str) -> torch.Tensor:
+        sets = [
+            "param.size=192",
+            f"param.period={period}",
+            "optim.steps=48",
+            'objective={"kind": "channel", "layer": "conv3", "channel": 0}',
+        ]
+        config = load_config(CONFIGS / "quickstart.yaml", sets).config
+        return Renderer(build_plan(config, CONFIGS)).run().final.images
+
+    def coarse_share(image: torch.Tensor) -> float:
+        grey = image.mean(0) - image.mean()
+        power = torch.fft.rfft2(grey).abs().square()
+        h, w = grey.shape
+        f = (torch.fft.fftfreq(h)[:, None].square() + torch.fft.rfftfreq(w).square()).sqrt()
+        return float(power[f < 1 / 64].sum() / power.sum())
+
+    def diversity(images: torch.Tensor) -> float:
+        pairs = list(itertools.combinations(images, 2))
+        return sum(1 - ssim(a, b) for a, b in pairs) / len(pairs)
+
+    lucid, default = render("null"), render("64")
+    assert all(coarse_share(a) > 1.5 * coarse_share(b) for a, b in zip(lucid, default, strict=True))
+    assert diversity(default) > diversity(lucid) + 0.02
 
 
 def test_fft_is_orthonormal() -> None:

@@ -116,6 +116,16 @@ class FFTParam(ParamNode):
     sd: float = Field(
         0.04, gt=0, le=10, description="Standard deviation of the random Fourier coefficients."
     )
+    # lucid floors f at 1/size, so every doubling of the size adds an octave of ever larger
+    # steps and, with decay 1.5, a 224 px render collapses into a few image-wide colour fields
+    # that every seed shares (diversity 0.91 against lucent's 0.96 on the built-in model's
+    # classes). Flooring at 1/64 keeps renders up to 64 px as they were and gave 0.96.
+    period: int | None = Field(
+        64,
+        ge=2,
+        description="Longest period in pixels that 1/f^decay favours: coarser frequencies take "
+        "its scale. null: the image's size (lucid).",
+    )
 
 
 class LaplacianParam(ParamNode):
