@@ -286,6 +286,14 @@ class PixelImage(ImageParam):
         return params["pixels"]
 
 
+def radial_frequency(size: tuple[int, int]) -> Tensor:
+    """|f| in cycles per pixel of each real-FFT bin of an H x W image: [H, W//2+1]."""
+    h, w = size
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    return (fx.square() + fy.square()).sqrt()
+
+
 class FourierImage(ImageParam):
     """Real-FFT coefficients scaled by 1 / max(f, 1/p)^decay, inverted orthonormally, where p
     is the longest period favoured: `period`, or the image's size where smaller (or unset).
@@ -301,12 +309,8 @@ class FourierImage(ImageParam):
         self, spec: FFTParam, size: tuple[int, int], channels: int, color: Tensor | None
     ) -> None:
         super().__init__(spec, size, channels, color)
-        h, w = size
-        fy = torch.fft.fftfreq(h)[:, None]
-        fx = torch.fft.rfftfreq(w)[None, :]
-        freq = (fx.square() + fy.square()).sqrt()
-        longest = min(max(h, w), spec.period or max(h, w))
-        scale = freq.clamp(min=1.0 / longest).pow(-spec.decay) * FFT_OUTPUT_SCALE
+        longest = min(max(size), spec.period or max(size))
+        scale = radial_frequency(size).clamp(min=1.0 / longest).pow(-spec.decay) * FFT_OUTPUT_SCALE
         self.register_buffer("scale", scale)
 
     def draw(self, g: torch.Generator) -> Params:
@@ -562,10 +566,7 @@ def energy_std(magnitude: Tensor, size: tuple[int, int]) -> Tensor:
 def power_law(size: tuple[int, int], decay: float, contrast: float) -> Tensor:
     """Magnitude 1 / max(f, 1/max(H, W))^decay [H, W//2+1], scaled to a per-pixel standard
     deviation of `contrast`, self-conjugate bins at 0."""
-    h, w = size
-    fy = torch.fft.fftfreq(h)[:, None]
-    fx = torch.fft.rfftfreq(w)[None, :]
-    m = (fx.square() + fy.square()).sqrt().clamp(min=1.0 / max(h, w)).pow(-decay)
+    m = radial_frequency(size).clamp(min=1.0 / max(size)).pow(-decay)
     m = m.masked_fill(self_conjugate(size), 0.0)
     return m * (contrast / energy_std(m, size))
 
