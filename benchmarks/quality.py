@@ -11,7 +11,8 @@ the first step, never a snapshot of a longer one), from three seeds.
   k), the channels as `fvis sweep configs/objectives/channel.yaml --set objective.layer=conv3
   --over objective.channel=0:16` (batched as the sweep batches them), with only `optim.steps`,
   `param.size` and `seed` set (and `optim.thresholds` to the last step: no snapshot between,
-  which changes no pixel).
+  which changes no pixel). `--variant 'param.period=32'` adds rows of fvis with those sets
+  after them (a tool named `fvis param.period=32`): a trade-off study in the same run.
 * lucent renders with `render_vis` and its defaults: `param.image(size, batch=N)` (FFT,
   decorrelated colour), `transform.standard_transforms`, Adam at 0.05, one batch whose item k
   maximizes `objectives.channel(layer, k-th target, batch=k)`; the network is wrapped with
@@ -90,7 +91,6 @@ COLOURS = ("red", "green", "blue")
 SIZES = (64, 224)
 STEPS = (64, 128, 256, 512)
 SEEDS = (0, 1, 2)
-TOOLS = ("lucent", "fvis")
 QUICK: dict[str, tuple[Any, ...]] = {
     "sizes": (64,),
     "targets": ("classes",),
@@ -150,12 +150,17 @@ def transfer_network(path: Path = TRANSFER) -> Normalized:
 
 
 def fvis_render(
-    target: str, size: int, steps: int, seed: int, items: Sequence[int] | None = None
+    target: str,
+    size: int,
+    steps: int,
+    seed: int,
+    items: Sequence[int] | None = None,
+    variant: Sequence[str] = (),
 ) -> tuple[Tensor, float]:
     """fvis's final images [N, 3, H, W] of `target`'s items, rendered as `fvis render
     configs/classes.yaml` (classes) or `fvis sweep configs/objectives/channel.yaml` (channels)
-    render them with only steps, size and seed set, and the wall seconds of building the plans
-    and running them."""
+    render them with only steps, size and seed set (and a variant's `--set`s after them), and
+    the wall seconds of building the plans and running them."""
     from fvis import sweep
     from fvis.build import build_plan
     from fvis.config import load_config
@@ -167,6 +172,7 @@ def fvis_render(
         f"optim.thresholds=[{steps}]",
         f"param.size={size}",
         f"seed={seed}",
+        *variant,
     ]
     start = time.perf_counter()
     results: list[Result] = []
@@ -238,6 +244,20 @@ def lucent_render(
     return torch.from_numpy(images[-1]).permute(0, 3, 1, 2).float().contiguous(), seconds
 
 
+def variant_tool(sets: str) -> str:
+    """The tool name of fvis with `sets` (`KEY=VALUE;KEY=VALUE`, as `--set` takes them)."""
+    return f"fvis {sets}"
+
+
+def is_fvis(tool: str) -> bool:
+    return tool == "fvis" or tool.startswith("fvis ")
+
+
+def variant_sets(tool: str) -> list[str]:
+    """The `--set`s of an fvis tool name (none for plain `fvis`)."""
+    return [s for s in tool.removeprefix("fvis").strip().split(";") if s]
+
+
 def _items(target: str, items: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
     """The layer of `target` and the class or channel indices rendered (default all)."""
     layer, indices = TARGETS[target]
@@ -258,9 +278,10 @@ def render(
     items: Sequence[int] | None = None,
     upsample: bool = False,
 ) -> tuple[Tensor, float]:
-    """One tool's render of one target set, in this process."""
-    if tool == "fvis":
-        return fvis_render(target, size, steps, seed, items)
+    """One tool's render of one target set, in this process; `fvis SET;SET`: fvis with those
+    `--set`s (a variant of its defaults)."""
+    if is_fvis(tool):
+        return fvis_render(target, size, steps, seed, items, variant_sets(tool))
     return lucent_render(target, size, steps, seed, items, upsample)
 
 
@@ -438,14 +459,19 @@ def quality_per_second(rows: Sequence[Row]) -> list[str]:
     beats lucent's longest render (its 512 steps in the full run), with the seconds; or none,
     with what falls short at each fvis step count."""
     lines = []
-    for size, target in sorted({(r["size"], r["target"]) for r in rows}):
+    tools = list(dict.fromkeys(r["tool"] for r in rows if is_fvis(r["tool"])))
+    for (size, target), tool in itertools.product(
+        sorted({(r["size"], r["target"]) for r in rows}), tools
+    ):
         here = [r for r in rows if r["size"] == size and r["target"] == target]
         lucent = [r for r in here if r["tool"] == "lucent"]
-        fvis = sorted((r for r in here if r["tool"] == "fvis"), key=lambda r: r["steps"])
+        fvis = sorted((r for r in here if r["tool"] == tool), key=lambda r: r["steps"])
         if not lucent or not fvis:
             continue
         ref = max(lucent, key=lambda r: r["steps"])
         what = f"{size} px, {target}: lucent's {ref['steps']} steps take {ref['seconds']:.1f} s"
+        if tool != "fvis":
+            what += f"; `{tool}`"
         short = {r["steps"]: shortfalls(r, ref) for r in fvis}
         match = next((r for r in fvis if not short[r["steps"]]), None)
         if match is not None:
@@ -466,7 +492,7 @@ def table(rows: Sequence[Row]) -> list[str]:
     headings = ["tool", "steps", "target", *(h for _, h, _, _ in MEASURES), "s / lucent s"]
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     for r in rows:
-        ratio = lucent.get((r["target"], r["steps"])) if r["tool"] == "fvis" else None
+        ratio = lucent.get((r["target"], r["steps"])) if is_fvis(r["tool"]) else None
         cells = [r["tool"], str(r["steps"]), r["target"]]
         cells += [_shown(key, r.get(key)) for key, *_ in MEASURES]
         cells.append(f"{r['seconds'] / ratio:.2f}x" if ratio else "-")
@@ -538,7 +564,8 @@ def document(
         " render, with only `optim.steps`, `param.size` and `seed` set; lucent's `render_vis`"
         " with `param.image(size, batch=N)` and `transform.standard_transforms`, the network"
         f" wrapped with ShapesNet's normalization, the image {resize}. Each step count is a run"
-        f" of its own. Seeds: {seed_text}.",
+        f" of its own. Seeds: {seed_text}. A tool named `fvis SET;SET` is fvis with those"
+        " `--set`s on top of its defaults (`--variant`).",
         "",
         "Measures, on the clean final image, averaged over the items (10 classes, channels 0-15)"
         " and the seeds: **objective**, the intended logit or channel's mean activation through"
@@ -593,14 +620,15 @@ def run(
     renderer: Callable[..., tuple[Tensor, float]] = render_alone,
 ) -> tuple[list[Row], dict[int, list[tuple[str, Tensor]]]]:
     """Every render of the benchmark; its rows, and per size the class renders of the first
-    seed (lucent's longest, then fvis's) for the pictures."""
+    seed (lucent's longest, then fvis's) for the pictures. `steps`: per tool (`lucent`,
+    `fvis`, or a variant `fvis SET;SET`), its step counts, in the order rendered."""
     network = shapes_network()
     cases = [
         (size, target, tool, n)
         for size in sizes
         for target in targets
-        for tool in TOOLS
-        for n in steps.get(tool, ())
+        for tool in steps
+        for n in steps[tool]
     ]
     rows: list[Row] = []
     columns: dict[int, list[tuple[str, Tensor]]] = {}
@@ -615,9 +643,17 @@ def run(
                 if repeat == 0:
                     by_seed.append(images)
         rows.append(row(tool, size, n, target, by_seed, seconds, network, transfer, items))
-        if target == "classes" and (tool == "fvis" or n == max(steps.get("lucent", [n]))):
-            columns.setdefault(size, []).append((f"{tool} {n} steps", by_seed[0]))
+        if target == "classes" and (is_fvis(tool) or n == max(steps.get("lucent", [n]))):
+            columns.setdefault(size, []).append((_label(tool, n), by_seed[0]))
     return rows, columns
+
+
+def _label(tool: str, steps: int) -> str:
+    """A picture column's heading: `fvis 256 steps`; a variant by its settings' last names
+    (`period=32 256 steps`), to fit the column."""
+    sets = variant_sets(tool)
+    name = " ".join(s.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + s.split("=", 1)[1] for s in sets)
+    return f"{name or tool} {steps} steps"
 
 
 def main() -> None:
@@ -633,6 +669,14 @@ def main() -> None:
         type=int,
         nargs="+",
         help="lucent's step counts (default: --steps; 512 with --quick)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SET;SET",
+        help="also render fvis with these --sets (e.g. 'param.period=32'), at fvis's step "
+        "counts; repeatable",
     )
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), help="target sets")
     parser.add_argument("--seeds", type=int, nargs="+", help=f"seeds (default {SEEDS})")
@@ -667,7 +711,11 @@ def main() -> None:
     rows, columns = run(
         sizes,
         targets,
-        {"lucent": lucent_steps, "fvis": fvis_steps},
+        {
+            "lucent": lucent_steps,
+            "fvis": fvis_steps,
+            **{variant_tool(v): fvis_steps for v in args.variant},
+        },
         seeds,
         transfer,
         args.repeats,
