@@ -470,19 +470,18 @@ def quality_per_second(rows: Sequence[Row]) -> list[str]:
             continue
         ref = max(lucent, key=lambda r: r["steps"])
         what = f"{size} px, {target}: lucent's {ref['steps']} steps take {ref['seconds']:.1f} s"
-        if tool != "fvis":
-            what += f"; `{tool}`"
+        name = "fvis" if tool == "fvis" else f"`{tool}`"
         short = {r["steps"]: shortfalls(r, ref) for r in fvis}
         match = next((r for r in fvis if not short[r["steps"]]), None)
         if match is not None:
             lines.append(
-                f"- {what}; fvis matches or beats every measure at **{match['steps']} steps**"
+                f"- {what}; {name} matches or beats every measure at **{match['steps']} steps**"
                 f" ({match['seconds']:.1f} s, {match['seconds'] / ref['seconds']:.2f}x lucent's"
                 f" time, {match['steps'] / ref['steps']:.2f}x its steps)."
             )
         else:
             falls = "; ".join(f"at {s} steps {', '.join(m)}" for s, m in short.items())
-            lines.append(f"- {what}; fvis matches at **none** of its step counts: {falls}.")
+            lines.append(f"- {what}; {name} matches at **none** of its step counts: {falls}.")
     return lines
 
 

@@ -109,8 +109,8 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
     ]
     classes, conv3, conv3_variant = quality.quality_per_second(table)
     assert conv3_variant.endswith(
-        "; `fvis param.period=16`; fvis matches or beats every measure at **64 steps**"
-        " (6.4 s, 0.13x lucent's time, 0.12x its steps)."
+        "; `fvis param.period=16` matches or beats every measure at **64 steps**"
+        " (6.4 s, 0.12x lucent's time, 0.12x its steps)."
     )
     assert "at **128 steps** (12.8 s, 0.25x lucent's time, 0.25x its steps)" in classes
     assert "**none**" in conv3
