@@ -60,7 +60,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -74,6 +74,9 @@ from fvis.compare import ssim
 from fvis.io import png_bytes, to_pil, write_atomic
 from fvis.zoo.net import ShapesNet
 from fvis.zoo.quality import colour_dominance, high_frequency_share, recover_class
+
+if TYPE_CHECKING:
+    from fvis.render import Result
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES_CONFIG = ROOT / "configs" / "classes.yaml"
@@ -161,10 +164,9 @@ def fvis_render(
     configs/classes.yaml` (classes) or `fvis sweep configs/objectives/channel.yaml` (channels)
     render them with only steps, size and seed set (and a variant's `--set`s after them), and
     the wall seconds of building the plans and running them."""
-    from fvis import sweep
     from fvis.build import build_plan
     from fvis.config import load_config
-    from fvis.render import Renderer, Result
+    from fvis.render import Renderer
 
     layer, indices = _items(target, items)
     sets = [
@@ -175,25 +177,40 @@ def fvis_render(
         *variant,
     ]
     start = time.perf_counter()
-    results: list[Result] = []
     if target == "classes":
         if list(indices) != list(TARGETS["classes"][1]):
             sets += _class_subset(indices)
         config = load_config(CLASSES_CONFIG, sets).config
-        results.append(Renderer(build_plan(config, CLASSES_CONFIG.parent)).run())
+        results = [Renderer(build_plan(config, CLASSES_CONFIG.parent)).run()]
     else:
         sets.append(f"objective.layer={layer}")
         over = [f"objective.channel={','.join(map(str, indices))}"]
-        found = sweep.expand(CHANNEL_CONFIG, sets, over)
-        batch = sweep.default_batch(found[0], CHANNEL_CONFIG.parent)
-        for part in sweep.groups(found, batch):
-            results.append(Renderer(build_plan(part[0].config, CHANNEL_CONFIG.parent, part)).run())
+        results = sweep_render(CHANNEL_CONFIG, sets, over)
     _sync()
     seconds = time.perf_counter() - start
+    return final_images(results, f"fvis {target} {size} px {steps} steps"), seconds
+
+
+def sweep_render(config: Path, sets: Sequence[str], over: Sequence[str]) -> list[Result]:
+    """The results of `fvis sweep CONFIG --set ... --over ...`, batched as the sweep batches."""
+    from fvis import sweep
+    from fvis.build import build_plan
+    from fvis.render import Renderer
+
+    found = sweep.expand(config, list(sets), list(over))
+    batch = sweep.default_batch(found[0], config.parent)
+    return [
+        Renderer(build_plan(part[0].config, config.parent, part)).run()
+        for part in sweep.groups(found, batch)
+    ]
+
+
+def final_images(results: Sequence[Result], what: str) -> Tensor:
+    """The final images of `results` [N, 3, H, W] on the CPU; a failed render raises."""
     for result in results:
         if result.failure:
-            raise RuntimeError(f"fvis {target} {size} px {steps} steps: {result.failure}")
-    return torch.cat([r.final.images for r in results]).float().cpu(), seconds
+            raise RuntimeError(f"{what}: {result.failure}")
+    return torch.cat([r.final.images for r in results]).float().cpu()
 
 
 def _class_subset(indices: Sequence[int]) -> list[str]:
@@ -254,7 +271,9 @@ def is_fvis(tool: str) -> bool:
 
 
 def variant_sets(tool: str) -> list[str]:
-    """The `--set`s of an fvis tool name (none for plain `fvis`)."""
+    """The `--set`s of an fvis tool name (none for plain `fvis`, or lucent)."""
+    if not is_fvis(tool):
+        return []
     return [s for s in tool.removeprefix("fvis").strip().split(";") if s]
 
 

@@ -86,6 +86,7 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
         assert (only[key] is None) == (key in absent), key
         assert key in absent or math.isfinite(only[key]), (key, only[key])
     assert [label for label, _ in columns[64]] == ["fvis 2 steps", "period=16 2 steps"]
+    assert quality._label("lucent", 512) == "lucent 512 steps"
     sheet = quality.picture(columns[64], ["stripes_0", "red"])
     images = columns[64][0][1]
     assert quality.diversity([images]) is None and quality.diversity([images, images]) == 0
