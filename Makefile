@@ -47,9 +47,10 @@ bench: $(INSTALLED)  ## fvis vs torch-lucent vs the floor (installs the bench ex
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/bench.py
 
-bench-quality: $(INSTALLED)  ## fvis vs torch-lucent picture quality on the built-in model (installs the bench extra; about an hour on 2 CPU cores); writes benchmarks/quality.md
+bench-quality: $(INSTALLED)  ## fvis vs torch-lucent picture quality on the built-in model, then on a random resnet18 (installs the bench extra; over an hour on 2 CPU cores); writes benchmarks/quality.md and quality-torchvision.md
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/quality_torchvision.py
 
 bench-data: $(INSTALLED)  ## fvis examples vs the bare forward over the same data, memory at 2k and 20k images; writes benchmarks/data.md
 	$(PY) benchmarks/data.py

@@ -124,6 +124,31 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
     assert images.shape == (2, 3, 64, 64) and seconds > 0
 
 
+def test_the_torchvision_check_renders_a_random_resnet_and_measures_its_channels(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    check = _script("quality_torchvision")
+    net = check.random_network(0)
+    again = check.random_network(0).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in net.state_dict().items())  # reproducible
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # layer3 by hand, after ImageNet's normalization
+        mean = torch.tensor(check.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(check.IMAGENET_STD).view(1, 3, 1, 1)
+        h = net.maxpool(net.relu(net.bn1(net.conv1((x - mean) / std))))
+        out = net.layer3(net.layer2(net.layer1(h)))
+    by_hand = sum(float(out[k, c].mean()) for k, c in enumerate(check.CHANNELS)) / 4
+    assert abs(check.objective(net, x) - by_hand) < 1e-5
+    checkpoint = tmp_path / "net.safetensors"
+    save_file(net.state_dict(), str(checkpoint))
+    images = check.fvis_images(checkpoint, "fvis param.period=null", 1, 0)
+    assert images.shape == (4, 3, check.SIZE, check.SIZE)
+    assert float(images.min()) >= 0 and float(images.max()) <= 1
+
+
 def test_data_bench_measures_both_sides_of_a_tiny_pass() -> None:
     data = _script("data")
     assert data.forward(20)["seconds"] > 0
