@@ -55,9 +55,11 @@ class OptimSpec(Node):
     """The optimization: Adam on the image parameters."""
 
     lr: float = Field(0.05, gt=0, le=10, description="Adam learning rate.")
-    # 192: where fvis's renders of the built-in model match lucent's 512 steps on every measure
-    # of benchmarks/quality.md (a longer run raises the objective, but transfers less).
-    steps: int = Field(192, ge=1, le=1_000_000, description="Number of optimization steps.")
+    # 256 (half lucent's 512, in under a fifth of its time): benchmarks/quality.md's 224 px
+    # renders of the built-in model fall short of lucent's on 3 measures at 256 steps, on 9 at
+    # 192; at 64 px the extra steps trade diversity and fine noise for colour (README, Picture
+    # quality).
+    steps: int = Field(256, ge=1, le=1_000_000, description="Number of optimization steps.")
     thresholds: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="Steps at which snapshots are kept (grid columns); default 4 steps."
     )
