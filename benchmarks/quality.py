@@ -67,7 +67,7 @@ import yaml
 from bench import machine  # the machine line every benchmark report opens with
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from fvis import zoo
 from fvis.compare import ssim
@@ -231,15 +231,34 @@ def lucent_render(
 ) -> tuple[Tensor, float]:
     """lucent's final images [N, 3, H, W] of `target`'s items, one batch, with lucent's
     defaults, and the wall seconds of building the network and running `render_vis`."""
-    import numpy as np
-    from lucent.optvis import objectives, param, render, transform
-
     layer, indices = _items(target, items)
     state = zoo.load("shapes").state_dict()
     start = time.perf_counter()
     # A fresh network each time: lucent hooks every module of the model it renders and never
     # removes the hooks.
     model = Normalized(state).to(DEVICE)
+    # fixed_image_size 0: no resize (render_vis tests `if new_size`)
+    images = lucent_channels(model, layer, indices, size, steps, seed, None if upsample else 0)
+    _sync()
+    return images, time.perf_counter() - start
+
+
+def lucent_channels(
+    model: nn.Module,
+    layer: str,
+    indices: Sequence[int],
+    size: int,
+    steps: int,
+    seed: int,
+    fixed_image_size: int | None = None,
+) -> Tensor:
+    """lucent's `render_vis` with its defaults (`param.image`, `standard_transforms`, no
+    preprocessing: `model` takes images in [0, 1]), item k maximizing channel `indices[k]` of
+    `layer` (lucent's name for the module); the final images [N, 3, H, W]. `torch` and `numpy`
+    (lucent's transforms draw from it) are seeded with `seed`."""
+    import numpy as np
+    from lucent.optvis import objectives, param, render, transform
+
     objective = objectives.Objective.sum(
         [objectives.channel(layer, index, batch=k) for k, index in enumerate(indices)]
     )
@@ -254,11 +273,9 @@ def lucent_render(
         preprocess=False,
         progress=False,
         show_image=False,
-        fixed_image_size=None if upsample else 0,  # 0: no resize (render_vis tests `if new_size`)
+        fixed_image_size=fixed_image_size,
     )
-    _sync()
-    seconds = time.perf_counter() - start
-    return torch.from_numpy(images[-1]).permute(0, 3, 1, 2).float().contiguous(), seconds
+    return torch.from_numpy(images[-1]).permute(0, 3, 1, 2).float().contiguous()
 
 
 def variant_tool(sets: str) -> str:

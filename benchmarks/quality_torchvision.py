@@ -31,7 +31,14 @@ from pathlib import Path
 import torch
 import torchvision
 from bench import machine
-from quality import diversity, final_images, high_frequency_share, saturation, sweep_render
+from quality import (
+    diversity,
+    final_images,
+    high_frequency_share,
+    lucent_channels,
+    saturation,
+    sweep_render,
+)
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -79,25 +86,7 @@ def fvis_images(checkpoint: Path, tool: str, steps: int, seed: int) -> Tensor:
 
 def lucent_images(net: nn.Module, steps: int, seed: int) -> Tensor:
     """lucent's renders of CHANNELS with its defaults, one batch."""
-    import numpy as np
-    from lucent.optvis import objectives, param, render, transform
-
-    objective = objectives.Objective.sum(
-        [objectives.channel(f"net_{LAYER}", c, batch=k) for k, c in enumerate(CHANNELS)]
-    )
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    images = render.render_vis(
-        ImageNetInput(net),
-        objective,
-        param_f=lambda: param.image(SIZE, batch=len(CHANNELS)),
-        transforms=transform.standard_transforms,
-        thresholds=(steps,),
-        preprocess=False,
-        progress=False,
-        show_image=False,
-    )
-    return torch.from_numpy(images[-1]).permute(0, 3, 1, 2).float().contiguous()
+    return lucent_channels(ImageNetInput(net), f"net_{LAYER}", CHANNELS, SIZE, steps, seed)
 
 
 @torch.no_grad()
