@@ -117,6 +117,12 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
     assert "**none**" in conv3
     assert "at 64 steps saturation 0.400 vs 0.500" in conv3
     assert "at 128 steps HF share 0.0210 vs 0.0200" in conv3
+    # time over lucent's longest render of the same target: 25.6 s / 51.2 s; 6.4 s / 51.2 s
+    with_short_lucent = [made("lucent", 128, "classes"), *table]
+    lines = quality.table(with_short_lucent)
+    assert lines[0].endswith("| diversity | seconds | s / lucent's s |")
+    assert lines[2].endswith("| 12.8 | - |") and lines[3].endswith("| 51.2 | - |")
+    assert lines[6].endswith("| 25.6 | 0.50x |") and lines[8].endswith("| 6.4 | 0.12x |")
     text = quality.document(table, {64: "quality-64.png"}, "python x", 60.0, [0], False)
     assert "![64 px: lucent | fvis](quality-64.png)" in text and classes in text
     pytest.importorskip("lucent")
