@@ -44,14 +44,20 @@ time, most of it at 224 px): 2 sizes x 3 target sets x 5 renders x 3 seeds, 90 r
 time is in the report's header (over an hour on 2 CPU cores, most of it lucent's 224 px
 renders, 170-305 s each on an AMD EPYC). `--sizes`, `--steps`, `--targets` and `--seeds`
 restrict it. Other processes on the machine lengthen every time: the report gives the load
-average at the start and at the end.
+average at the start and at the end. Each finished render is kept in `outputs/quality-cache`
+(`--cache`, `--no-cache`), so a run stopped part-way resumes when the same command runs again,
+on the same kind of machine with the same code (`RenderCache`); the report says how many
+renders it took from there.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import importlib.metadata
+import inspect
+import io
 import itertools
 import json
 import math
@@ -372,6 +378,58 @@ def _one(spec: dict[str, Any]) -> None:
     print(json.dumps({"seconds": seconds}))
 
 
+# ----------------------------------------------------------------------------- resuming
+
+
+class RenderCache:
+    """Finished renders on disk (images and seconds), so that a run stopped part-way (Ctrl-C, a
+    crash, a cut-off session) resumes where it stopped when the same command runs again.
+
+    Renders are kept under a fingerprint of everything they depend on besides their case: the
+    machine line (processor, threads, torch), lucent's and kornia's versions, the source of
+    the render functions, fvis's package files (code and shipped weights) and the two
+    configs. Any change there renders afresh, so a cached render is one this code would make
+    now, timed on this kind of machine."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder / render_fingerprint()
+        self.hits = 0  # renders taken from the cache by `load`
+
+    def _path(self, case: dict[str, Any]) -> Path:
+        key = hashlib.sha256(json.dumps(case, sort_keys=True).encode()).hexdigest()[:24]
+        return self.folder / f"{key}.pt"
+
+    def load(self, case: dict[str, Any]) -> tuple[Tensor, float] | None:
+        path = self._path(case)
+        if not path.is_file():
+            return None
+        found = torch.load(path, weights_only=True)
+        self.hits += 1
+        return found["images"], float(found["seconds"])
+
+    def save(self, case: dict[str, Any], images: Tensor, seconds: float) -> None:
+        buffer = io.BytesIO()
+        torch.save({"images": images, "seconds": seconds}, buffer)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._path(case), buffer.getvalue())
+
+
+def render_fingerprint() -> str:
+    """A digest of what a render depends on beyond its case (see `RenderCache`)."""
+    digest = hashlib.sha256()
+    versions = (machine(), _version("torch-lucent"), _version("kornia"))
+    digest.update(json.dumps(versions).encode())
+    functions = (fvis_render, sweep_render, lucent_render, lucent_channels, render, _one)
+    for function in (*functions, Normalized.__init__, Normalized.forward):
+        digest.update(inspect.getsource(function).encode())
+    files = sorted(f for f in (ROOT / "fvis").rglob("*") if "__pycache__" not in f.parts)
+    named = [(f.relative_to(ROOT).as_posix(), f) for f in files if f.is_file()]
+    for name, path in [*named, ("classes", CLASSES_CONFIG), ("channel", CHANNEL_CONFIG)]:
+        digest.update(name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- the measures
 
 
@@ -579,8 +637,10 @@ def document(
     seeds: Sequence[int],
     upsample: bool,
     load: tuple[float, float] | None = None,
+    resumed: int = 0,
 ) -> str:
-    """benchmarks/quality.md: the header, a table per size, the quality per second."""
+    """benchmarks/quality.md: the header, a table per size, the quality per second. `resumed`:
+    how many renders came from the cache of an earlier, stopped run."""
     resize = (
         "resized to 224 px before the network under 224 px (lucent's default)"
         if upsample
@@ -599,7 +659,7 @@ def document(
         "",
         f"{datetime.date.today().isoformat()}. Machine: {machine()}; torch-lucent"
         f" {_version('torch-lucent')}, kornia {_version('kornia')}. Command: `{command}`;"
-        f" the run took {seconds / 60:.1f} min.{busy}",
+        f" the run took {seconds / 60:.1f} min.{busy}{_resumed(resumed)}",
         "",
         "Each tool with its own defaults (see the docstring of `benchmarks/quality.py`): fvis as"
         " `fvis render configs/classes.yaml` and `fvis sweep configs/objectives/channel.yaml`"
@@ -643,6 +703,16 @@ def document(
     return "\n".join(lines) + "\n"
 
 
+def _resumed(renders: int) -> str:
+    if not renders:
+        return ""
+    return (
+        f" It resumed a stopped run: {renders} renders (their seconds included) come from that"
+        " run's cache, made by the same code on the same kind of machine; the minutes above"
+        " count this run alone."
+    )
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -660,10 +730,12 @@ def run(
     items: Sequence[int] | None = None,
     upsample: bool = False,
     renderer: Callable[..., tuple[Tensor, float]] = render_alone,
+    cache: RenderCache | None = None,
 ) -> tuple[list[Row], dict[int, list[tuple[str, Tensor]]]]:
     """Every render of the benchmark; its rows, and per size the class renders of the first
     seed (lucent's longest, then fvis's) for the pictures. `steps`: per tool (`lucent`,
-    `fvis`, or a variant `fvis SET;SET`), its step counts, in the order rendered."""
+    `fvis`, or a variant `fvis SET;SET`), its step counts, in the order rendered. Renders
+    `cache` holds are taken from it, and each new one is added as soon as it is done."""
     network = shapes_network()
     cases = [
         (size, target, tool, n)
@@ -678,10 +750,19 @@ def run(
         by_seed, seconds = [], []
         for seed in seeds:
             for repeat in range(repeats):
-                images, took = renderer(tool, target, size, n, seed, items, upsample)
+                case = {"tool": tool, "target": target, "size": size, "steps": n, "seed": seed}
+                listed = None if items is None else list(items)
+                case |= {"items": listed, "upsample": upsample, "repeat": repeat}
+                found = cache.load(case) if cache else None
+                if found is None:
+                    images, took = renderer(tool, target, size, n, seed, items, upsample)
+                    if cache:
+                        cache.save(case, images, took)
+                else:
+                    images, took = found
                 seconds.append(took)
                 what = f"{tool} {size} px {target} {n} steps seed {seed}"
-                note(f"[{i}/{len(cases)}] {what}: {took:.1f} s")
+                note(f"[{i}/{len(cases)}] {what}: {took:.1f} s{' (cached)' if found else ''}")
                 if repeat == 0:
                     by_seed.append(images)
         rows.append(row(tool, size, n, target, by_seed, seconds, network, transfer, items))
@@ -731,6 +812,13 @@ def main() -> None:
         "--lucent-upsample", action="store_true", help="keep lucent's resize to 224 px"
     )
     parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "outputs" / "quality-cache",
+        help="finished renders, so that a stopped run resumes (default outputs/quality-cache)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="render everything afresh")
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path(__file__).parent / "quality.md",
@@ -750,6 +838,7 @@ def main() -> None:
     transfer = transfer_network(args.transfer) if args.transfer.is_file() else None
     if transfer is None:
         note(f"no {args.transfer}: the transfer columns stay empty")
+    cache = None if args.no_cache else RenderCache(args.cache)
     rows, columns = run(
         sizes,
         targets,
@@ -763,6 +852,7 @@ def main() -> None:
         args.repeats,
         args.items,
         args.lucent_upsample,
+        cache=cache,
     )
     pictures = {}
     for size, cols in columns.items():
@@ -772,7 +862,10 @@ def main() -> None:
         pictures[size] = path.name
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
     seconds, loads = time.perf_counter() - began, (load, os.getloadavg()[0])
-    text = document(rows, pictures, command.strip(), seconds, seeds, args.lucent_upsample, loads)
+    resumed = cache.hits if cache else 0
+    text = document(
+        rows, pictures, command.strip(), seconds, seeds, args.lucent_upsample, loads, resumed
+    )
     write_atomic(args.out, text.encode())
     print(text)
 

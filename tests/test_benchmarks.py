@@ -130,6 +130,58 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
     assert images.shape == (2, 3, 64, 64) and seconds > 0
 
 
+def test_a_stopped_quality_run_resumes_from_its_cache(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+    import torch
+
+    quality = _script("quality")
+    calls: list[tuple[str, int, int]] = []
+    stop_at: list[int] = [4]  # the 4th render is interrupted, once
+
+    def renderer(tool, target, size, steps, seed, items, upsample):
+        calls.append((tool, steps, seed))
+        if len(calls) in stop_at:
+            stop_at.clear()
+            raise KeyboardInterrupt
+        g = torch.Generator().manual_seed(1000 * seed + steps)
+        return torch.rand(2, 3, 32, 32, generator=g), 0.5 * len(calls)
+
+    def bench(cache) -> list[dict]:
+        steps = {"lucent": [4], "fvis": [2, 4]}
+        args = ([32], ["conv3"], steps, [0, 1], None)
+        rows, _ = quality.run(*args, items=[0, 1], renderer=renderer, cache=cache)
+        return rows
+
+    cache = quality.RenderCache(tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        bench(cache)
+    assert len(calls) == 4 and len(list(cache.folder.glob("*.pt"))) == 3
+    resumed = bench(quality.RenderCache(tmp_path / "cache"))
+    assert len(calls) == 4 + 3  # only the renders the stop left undone
+    assert [r["seconds"] for r in resumed] == [0.5, 1.5, 3.0]  # the fastest seed's, kept ones too
+    fresh = bench(None)  # the same renders with nothing cached: the same measures
+    for mine, theirs in zip(resumed, fresh, strict=True):
+        assert {k: v for k, v in mine.items() if k != "seconds"} == {
+            k: v for k, v in theirs.items() if k != "seconds"
+        }
+    text = quality.document(resumed, {}, "python x", 1.0, [0, 1], False, None, 3)
+    assert "It resumed a stopped run: 3 renders" in text
+    assert "resumed" not in quality.document(resumed, {}, "python x", 1.0, [0, 1], False)
+
+    # another fvis (here: another config) renders afresh
+    changed = tmp_path / "classes.yaml"
+    changed.write_text(quality.CLASSES_CONFIG.read_text() + "\n# changed\n")
+    before = quality.render_fingerprint()
+    monkeypatch.setattr(quality, "CLASSES_CONFIG", changed)
+    assert quality.render_fingerprint() != before
+    assert (
+        quality.RenderCache(tmp_path / "cache").load(
+            {"tool": "fvis", "target": "conv3", "size": 32, "steps": 2, "seed": 0}
+        )
+        is None
+    )
+
+
 def test_the_torchvision_check_renders_a_random_resnet_and_measures_its_channels(
     tmp_path: Path,
 ) -> None:
