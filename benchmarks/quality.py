@@ -46,8 +46,9 @@ renders, 170-305 s each on an AMD EPYC). `--sizes`, `--steps`, `--targets` and `
 restrict it. Other processes on the machine lengthen every time: the report gives the load
 average at the start and at the end. Each finished render is kept in `outputs/quality-cache`
 (`--cache`, `--no-cache`), so a run stopped part-way resumes when the same command runs again,
-on the same kind of machine with the same code (`RenderCache`); the report says how many
-renders it took from there.
+on the same kind of machine with the same code (`RenderCache`), and lucent's renders, which
+depend on the built-in model alone, are kept when fvis changes: a run after tuning fvis
+renders fvis only. The report says how many renders it took from there.
 """
 
 from __future__ import annotations
@@ -385,19 +386,26 @@ class RenderCache:
     """Finished renders on disk (images and seconds), so that a run stopped part-way (Ctrl-C, a
     crash, a cut-off session) resumes where it stopped when the same command runs again.
 
-    Renders are kept under a fingerprint of everything they depend on besides their case: the
-    machine line (processor, threads, torch), lucent's and kornia's versions, the source of
-    the render functions, fvis's package files (code and shipped weights) and the two
-    configs. Any change there renders afresh, so a cached render is one this code would make
-    now, timed on this kind of machine."""
+    Renders are kept under a fingerprint of everything their tool's renders depend on besides
+    their case (`render_fingerprint`): any change there renders afresh, so a cached render is
+    one this code would make now, timed on this kind of machine. lucent's depend on the
+    built-in model and not on the rest of fvis, so a run after tuning fvis renders fvis alone."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder / render_fingerprint()
+        self.root = folder
         self.hits = 0  # renders taken from the cache by `load`
+        self._fingerprints: dict[str, str] = {}
+
+    def folder(self, tool: str) -> Path:
+        """Where `tool`'s renders are kept: under its kind's (fvis or lucent) fingerprint."""
+        kind = "fvis" if is_fvis(tool) else "lucent"
+        if kind not in self._fingerprints:
+            self._fingerprints[kind] = render_fingerprint(kind)
+        return self.root / self._fingerprints[kind]
 
     def _path(self, case: dict[str, Any]) -> Path:
         key = hashlib.sha256(json.dumps(case, sort_keys=True).encode()).hexdigest()[:24]
-        return self.folder / f"{key}.pt"
+        return self.folder(case["tool"]) / f"{key}.pt"
 
     def load(self, case: dict[str, Any]) -> tuple[Tensor, float] | None:
         path = self._path(case)
@@ -410,21 +418,31 @@ class RenderCache:
     def save(self, case: dict[str, Any], images: Tensor, seconds: float) -> None:
         buffer = io.BytesIO()
         torch.save({"images": images, "seconds": seconds}, buffer)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(self._path(case), buffer.getvalue())
+        path = self._path(case)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, buffer.getvalue())
 
 
-def render_fingerprint() -> str:
-    """A digest of what a render depends on beyond its case (see `RenderCache`)."""
+def render_fingerprint(kind: str) -> str:
+    """A digest of what the renders of `kind` (`fvis`, with its variants, or `lucent`) depend
+    on beyond their case: the machine line (processor, threads, torch), lucent's and kornia's
+    versions, the source of the functions that render them, and the files they read: for
+    fvis its whole package (code and shipped weights) and the two configs, for lucent the
+    built-in model's (fvis/zoo)."""
     digest = hashlib.sha256()
     versions = (machine(), _version("torch-lucent"), _version("kornia"))
     digest.update(json.dumps(versions).encode())
-    functions = (fvis_render, sweep_render, lucent_render, lucent_channels, render, _one)
-    for function in (*functions, Normalized.__init__, Normalized.forward):
+    if kind == "fvis":
+        functions: tuple[Callable[..., Any], ...] = (fvis_render, sweep_render)
+        package, configs = ROOT / "fvis", [("classes", CLASSES_CONFIG), ("channel", CHANNEL_CONFIG)]
+    else:
+        functions = (lucent_render, lucent_channels, Normalized.__init__, Normalized.forward)
+        package, configs = ROOT / "fvis" / "zoo", []
+    for function in (*functions, render, _one):
         digest.update(inspect.getsource(function).encode())
-    files = sorted(f for f in (ROOT / "fvis").rglob("*") if "__pycache__" not in f.parts)
+    files = sorted(f for f in package.rglob("*") if "__pycache__" not in f.parts)
     named = [(f.relative_to(ROOT).as_posix(), f) for f in files if f.is_file()]
-    for name, path in [*named, ("classes", CLASSES_CONFIG), ("channel", CHANNEL_CONFIG)]:
+    for name, path in [*named, *configs]:
         digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -640,7 +658,7 @@ def document(
     resumed: int = 0,
 ) -> str:
     """benchmarks/quality.md: the header, a table per size, the quality per second. `resumed`:
-    how many renders came from the cache of an earlier, stopped run."""
+    how many renders came from the cache of an earlier run."""
     resize = (
         "resized to 224 px before the network under 224 px (lucent's default)"
         if upsample
@@ -707,9 +725,9 @@ def _resumed(renders: int) -> str:
     if not renders:
         return ""
     return (
-        f" It resumed a stopped run: {renders} renders (their seconds included) come from that"
-        " run's cache, made by the same code on the same kind of machine; the minutes above"
-        " count this run alone."
+        f" It took {renders} renders (their seconds included) from the cache of an earlier run,"
+        " made by the same code on the same kind of machine (lucent's: with the same built-in"
+        " model); the minutes above count this run alone."
     )
 
 

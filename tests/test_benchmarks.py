@@ -155,7 +155,7 @@ def test_a_stopped_quality_run_resumes_from_its_cache(tmp_path: Path, monkeypatc
     cache = quality.RenderCache(tmp_path / "cache")
     with pytest.raises(KeyboardInterrupt):
         bench(cache)
-    assert len(calls) == 4 and len(list(cache.folder.glob("*.pt"))) == 3
+    assert len(calls) == 4 and len(list(cache.root.rglob("*.pt"))) == 3
     resumed = bench(quality.RenderCache(tmp_path / "cache"))
     assert len(calls) == 4 + 3  # only the renders the stop left undone
     assert [r["seconds"] for r in resumed] == [0.5, 1.5, 3.0]  # the fastest seed's, kept ones too
@@ -165,21 +165,42 @@ def test_a_stopped_quality_run_resumes_from_its_cache(tmp_path: Path, monkeypatc
             k: v for k, v in theirs.items() if k != "seconds"
         }
     text = quality.document(resumed, {}, "python x", 1.0, [0, 1], False, None, 3)
-    assert "It resumed a stopped run: 3 renders" in text
-    assert "resumed" not in quality.document(resumed, {}, "python x", 1.0, [0, 1], False)
+    assert "It took 3 renders (their seconds included) from the cache" in text
+    assert "cache" not in quality.document(resumed, {}, "python x", 1.0, [0, 1], False)
 
-    # another fvis (here: another config) renders afresh
+    # another fvis (here: another config) renders fvis afresh and keeps lucent's renders
+    case = {"target": "conv3", "size": 32, "steps": 4, "seed": 0, "items": [0, 1]}
+    case |= {"upsample": False, "repeat": 0}
     changed = tmp_path / "classes.yaml"
     changed.write_text(quality.CLASSES_CONFIG.read_text() + "\n# changed\n")
-    before = quality.render_fingerprint()
+    before = {kind: quality.render_fingerprint(kind) for kind in ("fvis", "lucent")}
     monkeypatch.setattr(quality, "CLASSES_CONFIG", changed)
-    assert quality.render_fingerprint() != before
-    assert (
-        quality.RenderCache(tmp_path / "cache").load(
-            {"tool": "fvis", "target": "conv3", "size": 32, "steps": 2, "seed": 0}
-        )
-        is None
-    )
+    assert quality.render_fingerprint("fvis") != before["fvis"]
+    assert quality.render_fingerprint("lucent") == before["lucent"]
+    cache = quality.RenderCache(tmp_path / "cache")
+    assert cache.load({"tool": "fvis", **case}) is None
+    assert cache.load({"tool": "lucent", **case}) is not None
+
+
+def test_lucent_renders_are_kept_across_changes_to_fvis_but_not_to_its_model(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+
+    quality = _script("quality")
+    shutil.copytree(quality.ROOT / "fvis", tmp_path / "fvis")
+    monkeypatch.setattr(quality, "ROOT", tmp_path)
+    kinds = ("fvis", "lucent")
+    before = {kind: quality.render_fingerprint(kind) for kind in kinds}
+    with (tmp_path / "fvis" / "render.py").open("a") as f:
+        f.write("\n# changed\n")
+    after_render = {kind: quality.render_fingerprint(kind) for kind in kinds}
+    assert after_render["fvis"] != before["fvis"]
+    assert after_render["lucent"] == before["lucent"]
+    with (tmp_path / "fvis" / "zoo" / "net.py").open("a") as f:
+        f.write("\n# changed\n")
+    assert quality.render_fingerprint("fvis") != after_render["fvis"]
+    assert quality.render_fingerprint("lucent") != before["lucent"]
 
 
 def test_the_torchvision_check_renders_a_random_resnet_and_measures_its_channels(
