@@ -433,7 +433,7 @@ def render_fingerprint(kind: str) -> str:
     versions = (machine(), _version("torch-lucent"), _version("kornia"))
     digest.update(json.dumps(versions).encode())
     if kind == "fvis":
-        functions: tuple[Callable[..., Any], ...] = (fvis_render, sweep_render)
+        functions: tuple[Any, ...] = (fvis_render, sweep_render)
         package, configs = ROOT / "fvis", [("classes", CLASSES_CONFIG), ("channel", CHANNEL_CONFIG)]
     else:
         functions = (lucent_render, lucent_channels, Normalized.__init__, Normalized.forward)
