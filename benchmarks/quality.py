@@ -12,7 +12,8 @@ the first step, never a snapshot of a longer one), from three seeds.
   --over objective.channel=0:16` (batched as the sweep batches them), with only `optim.steps`,
   `param.size` and `seed` set (and `optim.thresholds` to the last step: no snapshot between,
   which changes no pixel). `--variant 'param.period=32'` adds rows of fvis with those sets
-  after them (a tool named `fvis param.period=32`): a trade-off study in the same run.
+  after them (a tool named `fvis param.period=32`): a trade-off study in the same run. A file
+  in a variant is named from the repository root (`param.decorrelate=benchmarks/...`).
 * lucent renders with `render_vis` and its defaults: `param.image(size, batch=N)` (FFT,
   decorrelated colour), `transform.standard_transforms`, Adam at 0.05, one batch whose item k
   maximizes `objectives.channel(layer, k-th target, batch=k)`; the network is wrapped with
@@ -128,6 +129,7 @@ MEASURES: tuple[tuple[str, str, str, bool | None], ...] = (
     ("seconds", "seconds", "{:.1f}", None),
 )
 Row = dict[str, Any]
+LABEL_VALUE = 12  # the longest value a picture column's heading shows whole
 
 
 # ----------------------------------------------------------------------------- the networks
@@ -186,7 +188,7 @@ def fvis_render(
         f"optim.thresholds=[{steps}]",
         f"param.size={size}",
         f"seed={seed}",
-        *variant,
+        *rooted(variant),
     ]
     start = time.perf_counter()
     if target == "classes":
@@ -304,6 +306,20 @@ def variant_sets(tool: str) -> list[str]:
     if not is_fvis(tool):
         return []
     return [s for s in tool.removeprefix("fvis").strip().split(";") if s]
+
+
+def rooted(sets: Sequence[str]) -> list[str]:
+    """`sets` with each value that names a file relative to the repository root made absolute:
+    `--set` reads paths relative to the config's folder, which differs between the two configs
+    rendered (configs/, configs/objectives/), so a variant names files from the root."""
+    out = []
+    for s in sets:
+        key, _, value = s.partition("=")
+        path = ROOT / value
+        out.append(
+            f"{key}={path}" if value and not Path(value).is_absolute() and path.is_file() else s
+        )
+    return out
 
 
 def _items(target: str, items: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
@@ -790,11 +806,18 @@ def run(
 
 
 def _label(tool: str, steps: int) -> str:
-    """A picture column's heading: `fvis 256 steps`; a variant by its settings' last names
-    (`period=32 256 steps`), to fit the column."""
-    sets = variant_sets(tool)
-    name = " ".join(s.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + s.split("=", 1)[1] for s in sets)
-    return f"{name or tool} {steps} steps"
+    """A picture column's heading: `fvis 256 steps`; a variant by its settings' last names and
+    short values (`period=32 256 steps`, a file by its stem, a long value cut), to fit the
+    column."""
+    names = []
+    for s in variant_sets(tool):
+        key, _, value = s.partition("=")
+        if "/" in value and not value.startswith(("[", "{")):
+            value = Path(value).stem
+        elif len(value) > LABEL_VALUE:
+            value = value[: LABEL_VALUE - 3] + "..."
+        names.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return f"{' '.join(names) or tool} {steps} steps"
 
 
 def main() -> None:
@@ -816,8 +839,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="SET;SET",
-        help="also render fvis with these --sets (e.g. 'param.period=32'), at fvis's step "
-        "counts; repeatable",
+        help="also render fvis with these --sets (e.g. 'param.period=32'; a file named from "
+        "the repository root), at fvis's step counts; repeatable",
     )
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), help="target sets")
     parser.add_argument("--seeds", type=int, nargs="+", help=f"seeds (default {SEEDS})")

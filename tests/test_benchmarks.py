@@ -87,6 +87,16 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
         assert key in absent or math.isfinite(only[key]), (key, only[key])
     assert [label for label, _ in columns[64]] == ["fvis 2 steps", "period=16 2 steps"]
     assert quality._label("lucent", 512) == "lucent 512 steps"
+    colour = "param.decorrelate=benchmarks/imagenet-colour.npy"
+    named = quality._label(quality.variant_tool(f"{colour};param.period=48"), 256)
+    assert named == "decorrelate=imagenet-colour period=48 256 steps"
+    long = quality._label(quality.variant_tool("transforms=[{kind: pad, pixels: 12}]"), 8)
+    assert long == "transforms=[{kind: p... 8 steps"
+    assert quality.rooted([colour, "param.period=48", "param.init=no-such.png"]) == [
+        f"param.decorrelate={quality.ROOT / 'benchmarks' / 'imagenet-colour.npy'}",
+        "param.period=48",
+        "param.init=no-such.png",
+    ]
     sheet = quality.picture(columns[64], ["stripes_0", "red"])
     images = columns[64][0][1]
     assert quality.diversity([images]) is None and quality.diversity([images, images]) == 0
