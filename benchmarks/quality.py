@@ -64,6 +64,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -635,25 +636,52 @@ def table(rows: Sequence[Row]) -> list[str]:
 
 
 def picture(columns: Sequence[tuple[str, Tensor]], names: Sequence[str]) -> Image.Image:
-    """Rows: the items (named on the left); columns: the renders, labelled on a header row.
-    Images under 128 px are enlarged (nearest) to show their pixels."""
+    """Rows: the items (named on the left); columns: the renders, labelled on a header row
+    (a label wider than its column wraps). Images under 128 px are enlarged (nearest) to show
+    their pixels."""
     size = columns[0][1].shape[-1]
     cell = size * max(1, -(-128 // size))
     font = ImageFont.load_default()
-    label_w, header, gap = 90, 16, 2
+    label_w, line, gap = 90, 12, 2
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    labels = [
+        wrap(label, cell - 4, lambda text: measure.textlength(text, font=font))
+        for label, _ in columns
+    ]
+    header = 4 + line * max(len(lines) for lines in labels)
     width = label_w + len(columns) * (cell + gap)
     height = header + len(names) * (cell + gap)
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for j, (label, images) in enumerate(columns):
+    for j, ((_, images), lines) in enumerate(zip(columns, labels, strict=True)):
         x = label_w + j * (cell + gap)
-        draw.text((x + 2, 2), label, fill=(0, 0, 0), font=font)
+        for k, text in enumerate(lines):
+            draw.text((x + 2, 2 + k * line), text, fill=(0, 0, 0), font=font)
         for i, image in enumerate(images):
             tile = to_pil(image).resize((cell, cell), Image.Resampling.NEAREST)
             sheet.paste(tile, (x, header + i * (cell + gap)))
     for i, name in enumerate(names):
         draw.text((2, header + i * (cell + gap) + cell // 2 - 6), name, fill=(0, 0, 0), font=font)
     return sheet
+
+
+def wrap(text: str, width: float, length: Callable[[str], float]) -> list[str]:
+    """`text` in lines no wider than `width` by `length`: broken between words, and inside a
+    word that is wider alone."""
+    lines: list[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and length(joined) <= width:
+            lines[-1] = joined
+            continue
+        piece = ""
+        for char in word:
+            if piece and length(piece + char) > width:
+                lines.append(piece)
+                piece = ""
+            piece += char
+        lines.append(piece)
+    return lines or [""]
 
 
 def _version(package: str) -> str:
@@ -901,7 +929,7 @@ def main() -> None:
         names = [SHAPES.classes[c] for c in _items("classes", args.items)[1]]
         write_atomic(path, png_bytes(picture(cols, names)))
         pictures[size] = path.name
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
     seconds, loads = time.perf_counter() - began, (load, os.getloadavg()[0])
     resumed = cache.hits if cache else 0
     text = document(

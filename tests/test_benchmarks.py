@@ -102,6 +102,11 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
     assert quality.diversity([images]) is None and quality.diversity([images, images]) == 0
     assert quality.diversity([images, images, images.flip(-1)]) > 0
     assert sheet.size == (90 + 2 * 130, 16 + 2 * 130)
+    long_label = "decorrelate=imagenet-colour period=48 256 steps"
+    lines = quality.wrap(long_label, 12, len)
+    assert lines == ["decorrelate=", "imagenet-col", "our", "period=48", "256 steps"]
+    tall = quality.picture([(long_label, images)], ["stripes_0", "red"])
+    assert tall.size[1] > sheet.size[1]  # the wrapped label's lines, above the same rows
 
     def made(tool: str, steps: int, target: str, **changes: float) -> dict:
         base = {key: 0.5 for key, *_ in quality.MEASURES}
