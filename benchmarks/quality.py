@@ -317,9 +317,7 @@ def rooted(sets: Sequence[str]) -> list[str]:
     for s in sets:
         key, _, value = s.partition("=")
         path = ROOT / value
-        out.append(
-            f"{key}={path}" if value and not Path(value).is_absolute() and path.is_file() else s
-        )
+        out.append(f"{key}={path}" if value and path.is_file() else s)
     return out
 
 
