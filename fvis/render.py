@@ -275,6 +275,8 @@ class Renderer:
             score, acts = self._score(capture)
             self.adam.zero_grad(set_to_none=True)
             (-score.sum() * self.loss_scale).backward()
+        for group in self.adam.param_groups:
+            group["lr"] = self.plan.schedule.lr_at(step)
         self.adam.step()
         values = torch.stack(
             [v.detach().expand(self.batch) for v in (score, *(acts.values[x] for x in self.leaves))]

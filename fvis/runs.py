@@ -554,13 +554,21 @@ def _state_problem(state: dict[Any, Any], renderer: Renderer) -> str | None:
     )
 
 
+def _settings(groups: object) -> object:
+    """Adam's param groups without their learning rate, which the schedule sets at each step
+    (`Schedule.lr_at`): a checkpoint's is the rate of its last step, not the first."""
+    if not isinstance(groups, list):
+        return groups
+    return [{k: v for k, v in g.items() if k != "lr"} if isinstance(g, dict) else g for g in groups]
+
+
 def _adam_problem(adam: object, renderer: Renderer) -> str | None:
     """What in a saved Adam state does not fit the renderer's optimizer."""
     template = renderer.adam.state_dict()
     params = [p for group in renderer.adam.param_groups for p in group["params"]]
     if not isinstance(adam, dict) or set(adam) != {"state", "param_groups"}:
         return "adam is not an optimizer's state (state, param_groups)"
-    if not _same(adam["param_groups"], template["param_groups"]):
+    if not _same(_settings(adam["param_groups"]), _settings(template["param_groups"])):
         return "adam.param_groups differ from this run's optimizer"
     moments = adam["state"]
     if not isinstance(moments, dict) or set(moments) != set(range(len(params))):

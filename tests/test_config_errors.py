@@ -76,6 +76,12 @@ CASES = [
         "optim: thresholds [20] exceed steps (8)",
     ),
     (
+        "learning rate annealed upward",
+        _replace("steps: 8", "steps: 8\n  lr: 0.05\n  lr_end: 0.1"),
+        "optim:",
+        "optim: lr_end (0.1) exceeds lr (0.05): it anneals down",
+    ),
+    (
         "float64 with autocast",
         _replace("steps: 8", "steps: 8\n  float64: true\n  precision: bf16"),
         "optim:",

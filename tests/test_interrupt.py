@@ -81,10 +81,11 @@ def _plan(path: Path):
     return build_plan(loaded.config, path.parent)
 
 
-def test_resumed_run_ends_in_the_same_image(write_config, workdir: Path) -> None:
-    path = write_config(
-        tiny_config(optim={"steps": 40, "thresholds": [10, 25]}, param={"size": 24, "batch": 2})
-    )
+@pytest.mark.parametrize("lr_end", [None, 0.01])
+def test_resumed_run_ends_in_the_same_image(write_config, workdir: Path, lr_end) -> None:
+    """Also with an annealed learning rate: the rate follows the step, not the run's start."""
+    optim = {"steps": 40, "thresholds": [10, 25], "lr_end": lr_end}
+    path = write_config(tiny_config(optim=optim, param={"size": 24, "batch": 2}))
     straight = Renderer(_plan(path)).run()
 
     plan = _plan(path)

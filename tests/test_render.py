@@ -247,3 +247,40 @@ def test_float64_renders_in_double_from_the_same_start(workdir) -> None:
     assert abs(single.final.objective[0] - double.final.objective[0]) < 0.05 * abs(
         single.final.objective[0]
     )
+
+
+def test_the_learning_rate_anneals_along_a_half_cosine(workdir) -> None:
+    """optim.lr_end: Adam steps with lr at step 1, lr_end at the last, their mean halfway
+    ((1 + cos(pi t)) / 2 of the way down at t = (step - 1) / (steps - 1)); unset, lr throughout."""
+    from fvis.build import build_plan
+    from fvis.config import Config
+    from fvis.render import Renderer
+
+    used = {}
+    for lr_end in (None, 0.01):
+        optim = {"steps": 5, "lr": 0.05, "lr_end": lr_end}
+        renderer = Renderer(build_plan(Config.model_validate(tiny_config(optim=optim)), workdir))
+        adam, rates = renderer.adam, used.setdefault(lr_end, [])
+
+        def record(adam=adam, step=adam.step, rates=rates) -> None:
+            rates.append(adam.param_groups[0]["lr"])
+            step()
+
+        adam.step = record
+        renderer.run()
+    assert used[None] == [0.05] * 5
+    # step 2: t = 1/4, 0.01 + 0.04 * (1 + cos(pi/4)) / 2 = 0.044142
+    assert used[0.01] == pytest.approx([0.05, 0.044142, 0.03, 0.015858, 0.01], abs=1e-6)
+
+
+def test_an_annealed_learning_rate_changes_the_render(cli, write_config, workdir) -> None:
+    config = tiny_config(optim={"steps": 12, "lr": 0.1})
+    assert _render(cli, write_config, config, "--out", "constant").exit_code == 0
+    config["optim"]["lr_end"] = 0.0
+    assert _render(cli, write_config, config, "--out", "annealed").exit_code == 0
+    constant, annealed = (
+        (workdir / name / "image_0.png").read_bytes() for name in ("constant", "annealed")
+    )
+    assert constant != annealed
+    run = json.loads((workdir / "annealed/run.json").read_text())
+    assert run["config"]["optim"]["lr_end"] == 0.0

@@ -7,6 +7,7 @@ place: `schedule` (the render loop), `device_options` (building the network and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -20,13 +21,24 @@ from fvis.config.base import Node
 
 @dataclass(frozen=True)
 class Schedule:
-    """What the render loop steps by: Adam's learning rate, the number of steps, the steps whose
-    snapshots are kept (the last always one), and the warm-up steps of redirected ReLUs."""
+    """What the render loop steps by: Adam's learning rate (annealed to `lr_end` if set), the
+    number of steps, the steps whose snapshots are kept (the last always one), and the warm-up
+    steps of redirected ReLUs."""
 
     lr: float
     steps: int
     snapshot_steps: tuple[int, ...]
     redirected_relu: int
+    lr_end: float | None = None
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step` (1 to `steps`): `lr` throughout, or annealed from
+        `lr` at the first step to `lr_end` at the last along a half cosine (Loshchilov & Hutter
+        2017, SGDR, without restarts)."""
+        if self.lr_end is None or self.steps == 1:
+            return self.lr
+        t = (step - 1) / (self.steps - 1)
+        return self.lr_end + (self.lr - self.lr_end) * (1 + math.cos(math.pi * t)) / 2
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,12 @@ class OptimSpec(Node):
     """The optimization: Adam on the image parameters."""
 
     lr: float = Field(0.05, gt=0, le=10, description="Adam learning rate.")
+    lr_end: float | None = Field(
+        None,
+        ge=0,
+        description="Anneal the learning rate from lr at the first step to this at the last, "
+        "along a half cosine; null: constant.",
+    )
     # 256 (half lucent's 512, in under a fifth of its time): benchmarks/quality.md's 224 px
     # renders of the built-in model fall short of lucent's on 3 measures at 256 steps, on 9 at
     # 192; at 64 px the extra steps trade diversity and fine noise for colour (README, Picture
@@ -117,9 +135,11 @@ class OptimSpec(Node):
     )
 
     @model_validator(mode="after")
-    def _thresholds_within_steps(self) -> OptimSpec:
+    def _consistent(self) -> OptimSpec:
         if self.float64 and self.precision != "fp32":
             raise ValueError(f"float64 and precision {self.precision} exclude each other")
+        if self.lr_end is not None and self.lr_end > self.lr:
+            raise ValueError(f"lr_end ({self.lr_end}) exceeds lr ({self.lr}): it anneals down")
         late = [t for t in self.thresholds or [] if t > self.steps]
         if late:
             raise ValueError(f"thresholds {late} exceed steps ({self.steps})")
@@ -133,7 +153,7 @@ class OptimSpec(Node):
             snapshots = sorted({*self.thresholds, self.steps})
         else:
             snapshots = sorted({max(1, self.steps * k // 8) for k in (1, 2, 4, 8)})
-        return Schedule(self.lr, self.steps, tuple(snapshots), self.redirected_relu)
+        return Schedule(self.lr, self.steps, tuple(snapshots), self.redirected_relu, self.lr_end)
 
     @property
     def device_options(self) -> DeviceOptions:
