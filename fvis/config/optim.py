@@ -29,7 +29,7 @@ class Schedule:
     steps: int
     snapshot_steps: tuple[int, ...]
     redirected_relu: int
-    lr_end: float | None = None
+    lr_end: float | None
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step `step` (1 to `steps`): `lr` throughout, or annealed from
