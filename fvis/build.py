@@ -114,6 +114,7 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         )
     except ValueError as exc:
         raise SpecError(("param", "decorrelate"), str(exc)) from None
+    transforms = build_transforms(config.transforms, size, alpha=config.param.alpha)
     return Plan(
         device=device,
         options=options,
@@ -121,11 +122,52 @@ def build_plan(config: Config, base: Path, items: Sequence[Item] = ()) -> Plan:
         network=network,
         objective=objective,
         param=param.to(device, dtype),
-        transforms=build_transforms(config.transforms, size, alpha=config.param.alpha),
+        transforms=transforms,
+        regions=_regions(config, start, objective.layers, transforms.canvas(size)),
         streams=streams,
         warnings=warnings,
         base=base,
     )
+
+
+def _regions(
+    config: Config, start: _Start, specs: set[str], canvas: tuple[int, int]
+) -> dict[str, tuple[int, int]]:
+    """Where the model sees a framed canvas larger than the image: each read layer's [H, W] on
+    the image alone, the part of the canvas's map that terms indexing positions read
+    (`Activations`). The model must take the canvas, and every spatial layer must be a map."""
+    if canvas == start.size:
+        return {}
+    loc: YamlPath = ("transforms", _framed_pad(config), "frame")
+    specs = specs - {IMAGE}
+
+    def grey(hw: tuple[int, int]) -> torch.Tensor:
+        return torch.full((1, start.channels, *hw), 0.5, device=start.device, dtype=start.dtype)
+
+    on_image = _probe(start.network, specs, grey(start.size))
+    try:
+        hint = "the canvas of a framed pad; set frame: false"
+        on_canvas = _probe(start.network, specs, grey(canvas), hint)
+    except UserError as exc:
+        raise SpecError(loc, str(exc)) from None
+    regions = {}
+    for spec in specs:
+        image, whole = on_image[spec].shape, on_canvas[spec].shape
+        if image == whole:
+            continue
+        if len(image) != 4 or image[:2] != whole[:2]:
+            raise SpecError(
+                loc,
+                f"{spec} gives {list(whole)} on the {canvas[1]}x{canvas[0]} canvas and "
+                f"{list(image)} on the image: a frame needs [B, C, H, W] maps; set frame: false",
+            )
+        regions[spec] = (image[2], image[3])
+    return regions
+
+
+def _framed_pad(config: Config) -> int:
+    """The index in `transforms:` of the first pad that keeps its frame."""
+    return next(i for i, t in enumerate(config.transforms) if getattr(t, "frame", False))
 
 
 def _color_root(spec: ParamNode, base: Path, network: Network) -> ColorRoot | None:
@@ -360,15 +402,18 @@ def _objective(
     return objective.to(device, dtype), ctx.warnings
 
 
-def _probe(network: Network, specs: set[str], image: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The tensor at every layer spec for one image (a dry forward, stopped early)."""
+def _probe(
+    network: Network, specs: set[str], image: torch.Tensor, hint: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensor at every layer spec for one image (a dry forward, stopped early); `hint`
+    ends the message if the model fails on it."""
     try:
         with torch.no_grad(), Capture(network.model, specs, network) as capture:
             outputs = {**capture.run(image), IMAGE: image}
     except RuntimeError as exc:
         text = str(exc).strip().splitlines()[0]
         _, c, h, w = image.shape
-        hint = (
+        hint = hint or (
             "try a smaller param.size, or device: cpu"
             if isinstance(exc, torch.OutOfMemoryError)
             else "check param.size and model.input"

@@ -48,6 +48,7 @@ class Plan:
     objective: Objective
     param: ImageParam
     transforms: Pipeline
+    regions: dict[str, tuple[int, int]]  # a framed canvas: each map's part on the image alone
     streams: list[torch.Generator]  # one per batch item
     warnings: list[tuple[YamlPath, str]]
     base: Path
@@ -267,7 +268,7 @@ class Renderer:
         image = plan.param()
         with torch.autocast("cuda", self.dtype) if self.autocast else nullcontext():
             x = plan.transforms(image, plan.streams)
-            acts = Activations({**capture.run(x), IMAGE: image})
+            acts = Activations({**capture.run(x), IMAGE: image}, regions=plan.regions)
             return plan.objective(acts).float(), acts
 
     def _step(self, capture: Capture, step: int, redirect: bool) -> torch.Tensor:

@@ -95,11 +95,12 @@ class Rotate(Geometric):
 
 
 class Pad:
-    """Pad every side: the canvas the later transforms move the image on (the pipeline crops
-    back to the original size at the end); also decides how pixels from outside are filled."""
+    """Pad every side: the canvas the later transforms move the image on; also decides how
+    pixels from outside are filled. The pipeline crops the canvas back to the image's size at
+    the end, unless a pad keeps its `frame`: then the model sees the whole canvas (lucid)."""
 
-    def __init__(self, pixels: int, mode: str, value: float) -> None:
-        self.pixels, self.mode, self.value = pixels, mode, value
+    def __init__(self, pixels: int, mode: str, value: float, frame: bool = False) -> None:
+        self.pixels, self.mode, self.value, self.frame = pixels, mode, value, frame
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         p = (self.pixels,) * 4
@@ -186,13 +187,23 @@ class Pipeline(nn.Module):
         self.outside = {"constant": "zeros", "reflect": "reflection", "replicate": "border"}[
             pad.mode
         ]
-        self.steps = _without_idle_pads(steps)
+        self.framed = any(isinstance(s, Pad) and s.frame for s in steps)
+        self.steps = steps if self.framed else _without_idle_pads(steps)
+
+    def canvas(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size of what the model sees for an image of `size`: the padded canvas when a
+        pad keeps its frame, else the image's own size."""
+        if not self.framed:
+            return size
+        grown = 2 * sum(s.pixels for s in self.steps if isinstance(s, Pad))
+        return size[0] + grown, size[1] + grown
 
     def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
-        """The transformed batch, cropped back to the input's size (centre) if padding grew it.
+        """The transformed batch, cropped back to the input's size (centre) if padding grew it
+        and no pad keeps its frame.
 
-        Keeping the size means every layer has the same shape in the optimization as on the
-        clean image, so objectives with spatial weights or targets fit both.
+        Cropping keeps every layer's shape as on the clean image. With a frame the maps are
+        larger: `fvis.objectives.Activations` gives terms the image's own part of them.
         """
         size = x.shape[-2:]
         if self.alpha:
@@ -208,7 +219,7 @@ class Pipeline(nn.Module):
             run = []
             x = step(x, streams) if isinstance(step, Filter) else step(x)
         x = self._resample(x, run, streams)
-        if x.shape[-2:] == size:
+        if self.framed or x.shape[-2:] == size:
             return x
         top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
         return x[..., top : top + size[0], left : left + size[1]]
@@ -284,7 +295,7 @@ def build_transforms(
         if isinstance(spec, StandardTransform):
             steps.extend(standard(size))
         elif isinstance(spec, PadTransform):
-            steps.append(Pad(spec.pixels, spec.mode, spec.value))
+            steps.append(Pad(spec.pixels, spec.mode, spec.value, spec.frame))
         elif isinstance(spec, JitterTransform):
             steps.append(Jitter(spec.pixels))
         elif isinstance(spec, ScaleTransform):

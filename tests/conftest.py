@@ -78,6 +78,14 @@ TINY_NETS = textwrap.dedent(
         return Tokens()
 
 
+    def fixed() -> nn.Module:
+        """A model of one input size, 24 px: a linear layer reads every position."""
+        torch.manual_seed(3)
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 24 * 24, 3)
+        )
+
+
     def with_softmax() -> nn.Module:
         return nn.Sequential(convnet(), nn.Softmax(dim=1))
 

@@ -82,6 +82,23 @@ CASES = [
         "optim: lr_end (0.1) exceeds lr (0.05): it anneals down",
     ),
     (
+        "frame on a model of one input size",
+        _replace("tinynets:convnet", "tinynets:fixed")
+        .replace("conv2: '2'", "conv2: '3'")
+        .replace("kind: channel", "kind: class_logit\n  index: 1")
+        .replace("  channel: 3\n", "")
+        + "transforms:\n- kind: pad\n  pixels: 4\n  frame: true\n",
+        "frame: true",
+        "transforms[0].frame: the model fails on a 3x32x32 image",
+    ),
+    (
+        "frame on token layers",
+        _replace("tinynets:convnet", "tinynets:tokens").replace("conv2: '2'", "conv2: block[0]")
+        + "transforms:\n- kind: pad\n  pixels: 4\n  frame: true\n",
+        "frame: true",
+        "a frame needs [B, C, H, W] maps; set frame: false",
+    ),
+    (
         "float64 with autocast",
         _replace("steps: 8", "steps: 8\n  float64: true\n  precision: bf16"),
         "optim:",

@@ -21,6 +21,14 @@ class PadTransform(Node):
         "constant", description="How the border is filled (also used for pixels shifted in)."
     )
     value: float = Field(0.5, ge=0, le=1, description="Fill value for mode: constant.")
+    # lucid feeds the padded canvas to the model; fvis crops it back unless asked (`frame`).
+    # benchmarks/quality-frame.md measured the frame on the built-in model.
+    frame: bool = Field(
+        False,
+        description="Let the model see the whole padded canvas, the border framing the image "
+        "(lucid's transforms): terms that average over positions also read the frame's; terms "
+        "that index positions read the image's own. false: cropped back to the image's size.",
+    )
 
 
 class JitterTransform(Node):

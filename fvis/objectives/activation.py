@@ -100,6 +100,8 @@ class Channel(Leaf):
     (keras-vis's filter_indices): the sum of their means, sum_c mean_p a[b, c, p], so that each
     channel weighs as it would alone."""
 
+    whole_canvas = True
+
     layer: str
     channel: int | tuple[int, ...]
 
@@ -159,6 +161,8 @@ class Neuron(Leaf):
 class LayerMean(Leaf):
     """Mean activation over a whole layer (captum's LayerActivation): mean of a[b, ...]."""
 
+    whole_canvas = True
+
     layer: str
 
     def __post_init__(self) -> None:
@@ -171,6 +175,8 @@ class LayerMean(Leaf):
 @dataclass(eq=False)
 class DeepDream(Leaf):
     """DeepDream: mean of squared activations, mean a[b, ...]^2 (amplify whatever is there)."""
+
+    whole_canvas = True
 
     layer: str
 

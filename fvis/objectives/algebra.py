@@ -13,7 +13,7 @@ import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -32,13 +32,26 @@ class Activations:
     """What one forward pass produced: outputs by module path, and each leaf's value (memo).
 
     Indexing takes a layer spec: a module path, optionally followed by selectors into a tuple or
-    dict output (`blocks.3[0]`).
+    dict output (`blocks.3[0]`). When the model saw the image on a larger canvas (a pad that
+    keeps its frame), `regions` holds each spatial layer's [H, W] on the image alone: indexing
+    gives that centre part of the map, the positions a term indexes; `whole` gives every
+    position, the frame's included.
     """
 
     tensors: dict[str, object]
     values: dict[Leaf, torch.Tensor] = field(default_factory=dict)
+    regions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __getitem__(self, spec: str) -> torch.Tensor:
+        x = self.whole(spec)
+        region = self.regions.get(spec)
+        if region is None or tuple(x.shape[-2:]) == region:
+            return x
+        (h, w), (rh, rw) = x.shape[-2:], region
+        top, left = (h - rh) // 2, (w - rw) // 2
+        return x[..., top : top + rh, left : left + rw]
+
+    def whole(self, spec: str) -> torch.Tensor:
         return select(self.tensors, spec)
 
 
@@ -198,9 +211,12 @@ class Leaf(Objective):
     """An objective computed directly from activations; its value is memoized per forward pass.
 
     `reads` lists the layer specs it needs; `layer` is the main one (reported in errors).
+    `whole_canvas`: a term that averages over positions reads every position of a framed
+    canvas (as lucid's objectives do); any other reads the image's own part of the map.
     """
 
     layer: str
+    whole_canvas: ClassVar[bool] = False
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -213,7 +229,11 @@ class Leaf(Objective):
 
     def compute(self, acts: Activations) -> torch.Tensor:
         """The value from all activations; by default, `value` of the main layer."""
-        return self.value(acts[self.layer])
+        return self.value(self.read(acts, self.layer))
+
+    def read(self, acts: Activations, spec: str) -> torch.Tensor:
+        """The map of `spec` this term reads: all of it, or the image's part (`whole_canvas`)."""
+        return acts.whole(spec) if self.whole_canvas else acts[spec]
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -33,6 +33,8 @@ class Diversity(Leaf):
     A batch of one scores 0.
     """
 
+    whole_canvas = True
+
     layer: str
 
     def __post_init__(self) -> None:
@@ -116,7 +118,7 @@ class ItemWise(Objective):
         parts: list[torch.Tensor] = []
         for (kind, _), members in self.stacks.items():
             items, weights, leaves = zip(*members, strict=True)
-            table = kind.stacked(leaves, acts[leaves[0].layer])  # [B, K]: all leaves, all items
+            table = kind.stacked(leaves, leaves[0].read(acts, leaves[0].layer))  # [B, K]
             for k, leaf in enumerate(leaves):
                 acts.values[leaf] = table[:, k]
             own = table[

@@ -137,6 +137,7 @@ class Direction(_Directional):
     """Mean over positions of dot(a_p, v) * max(cos(a_p, v), floor)^cossim_pow."""
 
     kind = "direction"
+    whole_canvas = True
     cossim_pow: float = 0.0
     floor: float = 0.1
 
@@ -173,6 +174,7 @@ class Cosine(_Directional):
     """Mean over positions of cos(a_p, v): the angle only, whatever the magnitude."""
 
     kind = "cosine"
+    whole_canvas = True
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         a, v = self.mapped(x), self.direction()
@@ -217,6 +219,7 @@ class DotOrthogonal(_Directional):
     """
 
     kind = "dot_orthogonal_penalty"
+    whole_canvas = True
     penalty: float = 1.0
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,6 +236,7 @@ class VectorLoss(_Directional):
     direction treated as a neuron of its own."""
 
     kind = "vector"
+    whole_canvas = True
     relu: bool = True
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
