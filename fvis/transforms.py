@@ -188,7 +188,7 @@ class Pipeline(nn.Module):
             pad.mode
         ]
         self.framed = any(isinstance(s, Pad) and s.frame for s in steps)
-        self.steps = steps if self.framed else _without_idle_pads(steps)
+        self.steps = list(steps) if self.framed else _without_idle_pads(steps)
 
     def canvas(self, size: tuple[int, int]) -> tuple[int, int]:
         """The size of what the model sees for an image of `size`: the padded canvas when a
@@ -269,15 +269,16 @@ def _compose(matrices: list[Matrix]) -> Matrix:
     return out
 
 
-def standard(size: tuple[int, int]) -> list[Pad | Geometric]:
-    """lucid's standard stack, with its pixel amounts (tuned at 224 px) scaled to the image."""
+def standard(size: tuple[int, int], frame: bool = False) -> list[Pad | Geometric]:
+    """lucid's standard stack, with its pixel amounts (tuned at 224 px) scaled to the image;
+    `frame`: the pad keeps its frame."""
     k = min(size) / 224.0
 
     def px(n: float) -> int:
         return max(1, round(n * k))
 
     return [
-        Pad(px(12), "constant", 0.5),
+        Pad(px(12), "constant", 0.5, frame),
         Jitter(px(8)),
         Scale(0.9, 1.1),
         Rotate(10.0),
@@ -293,7 +294,7 @@ def build_transforms(
     steps: list[Pad | Geometric | Filter] = []
     for spec in specs:
         if isinstance(spec, StandardTransform):
-            steps.extend(standard(size))
+            steps.extend(standard(size, spec.frame))
         elif isinstance(spec, PadTransform):
             steps.append(Pad(spec.pixels, spec.mode, spec.value, spec.frame))
         elif isinstance(spec, JitterTransform):

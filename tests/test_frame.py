@@ -12,12 +12,12 @@ import yaml
 
 from conftest import tiny_config
 from fvis.build import build_plan, streams_for
-from fvis.config import load_config
+from fvis.config import StandardTransform, load_config
 from fvis.objectives.activation import Channel, Neuron
 from fvis.objectives.algebra import Activations
 from fvis.objectives.batch import ItemWise
 from fvis.render import Renderer
-from fvis.transforms import Jitter, Pad, Pipeline
+from fvis.transforms import Jitter, Pad, Pipeline, build_transforms
 
 
 def test_a_framed_pad_gives_the_model_the_whole_canvas() -> None:
@@ -29,6 +29,13 @@ def test_a_framed_pad_gives_the_model_the_whole_canvas() -> None:
     cropped = Pipeline([Pad(3, "constant", 0.3), Jitter(0)])
     assert cropped.canvas((8, 10)) == (8, 10)
     assert cropped(x, streams_for(0, [0, 1])).shape == x.shape
+
+
+def test_the_standard_stack_frames_with_its_own_pad() -> None:
+    framed = build_transforms([StandardTransform(kind="standard", frame=True)], (64, 64))
+    assert framed.canvas((64, 64)) == (70, 70)  # lucid's 12 px pad, scaled to 64 px: 3
+    cropped = build_transforms([StandardTransform(kind="standard")], (64, 64))
+    assert cropped.canvas((64, 64)) == (64, 64)
 
 
 def _framed_acts() -> tuple[torch.Tensor, Activations]:

@@ -11,6 +11,12 @@ from pydantic import (
 
 from fvis.config.base import Node, Shorthand, Tagged
 
+FRAME = (
+    "Let the model see the whole padded canvas, the border framing the image (lucid's "
+    "transforms): terms that average over positions also read the frame's; terms that index "
+    "positions read the image's own. false: cropped back to the image's size."
+)
+
 
 class PadTransform(Node):
     """Pad every side (before the other transforms, as lucid does)."""
@@ -23,12 +29,7 @@ class PadTransform(Node):
     value: float = Field(0.5, ge=0, le=1, description="Fill value for mode: constant.")
     # lucid feeds the padded canvas to the model; fvis crops it back unless asked (`frame`).
     # benchmarks/quality-frame.md measured the frame on the built-in model.
-    frame: bool = Field(
-        False,
-        description="Let the model see the whole padded canvas, the border framing the image "
-        "(lucid's transforms): terms that average over positions also read the frame's; terms "
-        "that index positions read the image's own. false: cropped back to the image's size.",
-    )
+    frame: bool = Field(False, description=FRAME)
 
 
 class JitterTransform(Node):
@@ -63,6 +64,7 @@ class StandardTransform(Node):
     """lucid's robustness stack, sized to the image: pad, jitter, scale, rotate, jitter."""
 
     kind: Literal["standard"]
+    frame: bool = Field(False, description=f"Of the stack's pad: {FRAME}")
 
 
 def _span(value: Any) -> Any:
