@@ -1,9 +1,9 @@
 """Image filters shared by parameterizations, transforms and gradient preconditioning.
 
 Gaussian blur (a low-pass filter), the bilateral filter (a blur that keeps edges, Tomasi and
-Manduchi 1998) and the Laplacian pyramid (Burt and Adelson 1983: band-pass levels whose sum,
-coarse to fine with upsampling, gives the image back exactly). All work on [B, C, H, W] batches
-and are differentiable.
+Manduchi 1998), the Laplacian pyramid (Burt and Adelson 1983: band-pass levels whose sum,
+coarse to fine with upsampling, gives the image back exactly) and a centre crop (of images, and
+of activation maps). All work on [B, C, H, W] batches and are differentiable.
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ def bilateral(x: Tensor, sigma_space: float, sigma_color: float) -> Tensor:
     colour = (patches - x[:, :, None]).square().sum(1, keepdim=True)
     weights = space.view(1, 1, k * k, 1, 1) * torch.exp(-colour / (2 * sigma_color**2))
     return (weights * patches).sum(2) / weights.sum(2)
+
+
+def center_crop(x: Tensor, h: int, w: int) -> Tensor:
+    """The centre h x w of the last two dimensions (a view; the top-left one of two middles)."""
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
 
 
 def level_sizes(size: tuple[int, int], levels: int) -> list[tuple[int, int]]:

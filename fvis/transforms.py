@@ -221,8 +221,7 @@ class Pipeline(nn.Module):
         x = self._resample(x, run, streams)
         if self.framed or x.shape[-2:] == size:
             return x
-        top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
-        return x[..., top : top + size[0], left : left + size[1]]
+        return filters.center_crop(x, size[0], size[1])
 
     def _resample(self, x: torch.Tensor, run: list[Geometric], streams: Streams) -> torch.Tensor:
         if not run:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from fvis.filters import center_crop
 from fvis.hooks import select
 
 if TYPE_CHECKING:
@@ -45,11 +46,7 @@ class Activations:
     def __getitem__(self, spec: str) -> torch.Tensor:
         x = self.whole(spec)
         region = self.regions.get(spec)
-        if region is None or tuple(x.shape[-2:]) == region:
-            return x
-        (h, w), (rh, rw) = x.shape[-2:], region
-        top, left = (h - rh) // 2, (w - rw) // 2
-        return x[..., top : top + rh, left : left + rw]
+        return x if region is None else center_crop(x, *region)
 
     def whole(self, spec: str) -> torch.Tensor:
         return select(self.tensors, spec)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 
+from fvis.filters import center_crop
 from fvis.objectives.activation import (
     Shapes,
     at_position,
@@ -244,11 +245,6 @@ class VectorLoss(_Directional):
         return (dot.clamp(min=0) if self.relu else dot).mean(1)
 
 
-def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-    return x[..., top : top + h, left : left + w]
-
-
 @dataclass(eq=False)
 class TensorDirection(_Tensors):
     """dot(a, T) * max(cos(a, T), floor)^cossim_pow of a [C, h, w] direction tensor T with the
@@ -282,7 +278,7 @@ class TensorDirection(_Tensors):
             )
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        window = _center_crop(x, *self.tensor.shape[1:]).flatten(1)
+        window = center_crop(x, *self.tensor.shape[1:]).flatten(1)
         return dot_cossim(window, self.tensor.flatten(), self.cossim_pow, self.floor)
 
 
