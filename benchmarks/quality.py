@@ -33,7 +33,10 @@ the share whose class signature `fvis.zoo.quality.recover_class` recovers, and t
 an independently trained ShapesNet (`tests/assets/shapes-seed1.safetensors`, `fvis zoo train
 --seed 1`): its top-1 accuracy and mean probability of the intended class; across the seeds,
 the diversity (mean pairwise 1 - SSIM of one target's renders, `fvis.compare.ssim`); and the
-wall time of each render, in a process of its own.
+wall time of each render, in a process of its own. The share of clipped values (0 or 255 in a
+PNG) is shown beside them, not compared: it explains a loss of diversity. Per size, a
+scorecard picture (STEM-SIZE-score.png) colours each fvis row's measures green or red against
+lucent's longest render: a trade-off between variants reads at a glance.
 
     python benchmarks/quality.py          # the full run: writes benchmarks/quality.md
     python benchmarks/quality.py --quick  # 64 px, the classes, fvis 128 and 256 steps against
@@ -55,6 +58,7 @@ renders fvis only. The report says how many renders it took from there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
@@ -82,6 +86,7 @@ from torch import Tensor, nn
 
 from fvis import zoo
 from fvis.compare import ssim
+from fvis.curves import private_matplotlib
 from fvis.io import png_bytes, to_pil, write_atomic
 from fvis.zoo.net import ShapesNet
 from fvis.zoo.quality import colour_dominance, high_frequency_share, recover_class
@@ -122,6 +127,7 @@ MEASURES: tuple[tuple[str, str, str, bool | None], ...] = (
     ("high_frequency", "HF share", "{:.4f}", False),
     ("saturation", "saturation", "{:.3f}", True),
     ("dominated", "dominated", "{:.3f}", True),
+    ("clipped", "clipped", "{:.3f}", None),
     *((c, f"{c} on {c}", "{:.3f}", True) for c in COLOURS),
     ("recovered", "recovered", "{:.2f}", True),
     ("top1", "transfer top-1", "{:.2f}", True),
@@ -130,6 +136,8 @@ MEASURES: tuple[tuple[str, str, str, bool | None], ...] = (
     ("seconds", "seconds", "{:.1f}", None),
 )
 Row = dict[str, Any]
+TIME_BAR = 1 / 3  # issue 16's bar: at most a third of lucent's time
+SCORE_SPAN = 0.1  # a scorecard cell 10% (or more) ahead or behind is full green or red
 LABEL_VALUE = 12  # the longest value a picture column's heading shows whole
 
 
@@ -485,6 +493,13 @@ def objective_values(
     return [float(v.mean()) for v in values]
 
 
+def clipped(image: Tensor) -> float:
+    """The share of an image's channel values that an 8-bit PNG stores as 0 or 255: colour
+    at the gamut's edge, where the sigmoid is flat. Not a quality measure but an explanation:
+    clipped regions look alike from seed to seed, which lowers the diversity."""
+    return float(((image < 0.5 / 255) | (image >= 254.5 / 255)).double().mean())
+
+
 def saturation(image: Tensor) -> float:
     """Mean HSV saturation (max - min) / max of a [3, H, W] image in [0, 1] (0 where black)."""
     high, low = image.amax(0), image.amin(0)
@@ -506,6 +521,7 @@ def measure_images(
         "high_frequency": [high_frequency_share(img) for img in images],
         "saturation": [saturation(img) for img in images],
         "dominated": [sum(share.values()) for share in shares],
+        "clipped": [clipped(img) for img in images],
     }
     if target != "classes":
         return found
@@ -573,17 +589,26 @@ def _shown(key: str, value: float | None) -> str:
     return fmt.format(value)
 
 
+def margin(key: str, candidate: Row, reference: Row) -> float | None:
+    """How far `candidate` is ahead of `reference` on a quality measure, as the table shows
+    them (a tie at its precision is 0): the difference over the reference's magnitude,
+    positive where better; None for a measure that either row lacks or that is no quality."""
+    higher = next(h for k, _, _, h in MEASURES if k == key)
+    if higher is None or candidate.get(key) is None or reference.get(key) is None:
+        return None
+    mine, theirs = float(_shown(key, candidate[key])), float(_shown(key, reference[key]))
+    ahead = mine - theirs if higher else theirs - mine
+    return ahead / abs(theirs) if theirs else math.copysign(1.0, ahead) if ahead else 0.0
+
+
 def shortfalls(candidate: Row, reference: Row) -> list[str]:
     """The quality measures on which `candidate` is worse than `reference`, as the table shows
     them (a tie at the table's precision matches); measures either row lacks are skipped."""
-    short = []
-    for key, heading, fmt, higher in MEASURES:
-        if higher is None or candidate.get(key) is None or reference.get(key) is None:
-            continue
-        mine, theirs = float(_shown(key, candidate[key])), float(_shown(key, reference[key]))
-        if (mine < theirs) if higher else (mine > theirs):
-            short.append(f"{heading} {fmt.format(mine)} vs {fmt.format(theirs)}")
-    return short
+    return [
+        f"{heading} {_shown(key, candidate[key])} vs {_shown(key, reference[key])}"
+        for key, heading, *_ in MEASURES
+        if (found := margin(key, candidate, reference)) is not None and found < 0
+    ]
 
 
 def quality_per_second(rows: Sequence[Row]) -> list[str]:
@@ -631,6 +656,87 @@ def table(rows: Sequence[Row]) -> list[str]:
         cells.append(f"{r['seconds'] / ratio:.2f}x" if ratio else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One target's part of a scorecard: a row per fvis render (tool and step count), a column
+    per quality measure lucent's longest render has, then the time; each cell's margin over
+    lucent (`margin`; None where the row lacks the measure) and its value as the table shows."""
+
+    target: str
+    columns: list[str]
+    rows: list[str]
+    margins: list[list[float | None]]
+    values: list[list[str]]
+
+
+def score_panels(rows: Sequence[Row], size: int) -> list[Panel]:
+    """The scorecard of one size: per target, fvis's rows against lucent's longest render.
+    The time column's margin is against issue 16's bar, a third of lucent's time."""
+    panels = []
+    for target in dict.fromkeys(r["target"] for r in rows if r["size"] == size):
+        here = [r for r in rows if r["size"] == size and r["target"] == target]
+        lucent = [r for r in here if r["tool"] == "lucent"]
+        fvis = [r for r in here if is_fvis(r["tool"])]
+        if not lucent or not fvis:
+            continue
+        ref = max(lucent, key=lambda r: r["steps"])
+        keys = [k for k, *_ in MEASURES if margin(k, ref, ref) is not None]
+        headings = {k: h for k, h, *_ in MEASURES}
+        columns = [f"{headings[k]}\nlucent {_shown(k, ref[k])}" for k in keys]
+        columns.append(f"time\n<= {TIME_BAR:.2f}x")
+        margins, values = [], []
+        for r in fvis:
+            ratio = r["seconds"] / ref["seconds"]
+            margins.append([*(margin(k, r, ref) for k in keys), (TIME_BAR - ratio) / TIME_BAR])
+            values.append([*(_shown(k, r.get(k)) for k in keys), f"{ratio:.3f}x"])
+        labels = [_label(r["tool"], r["steps"]) for r in fvis]
+        panels.append(Panel(target, columns, labels, margins, values))
+    return panels
+
+
+def scorecard(panels: Sequence[Panel], title: str) -> bytes:
+    """A PNG of `panels` one above the other: each cell fvis's value, green where it matches
+    or beats lucent, red where it falls short, however slightly, deeper the further, in full
+    at SCORE_SPAN (10%); the column headings give lucent's value. Where people would rather
+    look than read the table."""
+    with private_matplotlib():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: bench-only
+        from matplotlib.figure import Figure  # lazy: bench-only
+
+    width = 2.6 + 0.95 * max(len(p.columns) for p in panels)
+    heights = [1.1 + 0.32 * len(p.rows) for p in panels]
+    figure = Figure(figsize=(width, 0.4 + sum(heights)), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, panel in zip(axes, panels, strict=True):
+        ax.imshow([[_cell_colour(m) for m in line] for line in panel.margins])
+        for i, line in enumerate(panel.values):
+            for j, text in enumerate(line):
+                ink = "white" if _depth(panel.margins[i][j]) > 0.6 else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color=ink)
+        ax.set_aspect("auto")
+        ax.set_xticks(range(len(panel.columns)), panel.columns, fontsize=7)
+        ax.xaxis.tick_top()
+        ax.set_yticks(range(len(panel.rows)), panel.rows, fontsize=8)
+        ax.set_ylabel(panel.target)
+        ax.tick_params(length=0)
+    figure.suptitle(title, fontsize="medium")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _depth(found: float | None) -> float:
+    """How deep a cell's colour is, 0.2 (a tie) to 1 (SCORE_SPAN or more ahead or behind)."""
+    return 0.0 if found is None else 0.2 + 0.8 * min(abs(found) / SCORE_SPAN, 1.0)
+
+
+def _cell_colour(found: float | None) -> tuple[float, ...]:
+    """White for no value; from white towards green (matches or beats) or red (short)."""
+    full = (0.10, 0.50, 0.22) if found is None or found >= 0 else (0.75, 0.10, 0.12)
+    return tuple(1.0 + (c - 1.0) * _depth(found) for c in full)
 
 
 def picture(columns: Sequence[tuple[str, Tensor]], names: Sequence[str]) -> Image.Image:
@@ -698,9 +804,11 @@ def document(
     upsample: bool,
     load: tuple[float, float] | None = None,
     resumed: int = 0,
+    scores: dict[int, str] | None = None,
 ) -> str:
-    """benchmarks/quality.md: the header, a table per size, the quality per second. `resumed`:
-    how many renders came from the cache of an earlier run."""
+    """benchmarks/quality.md: the header, a table per size (with its pictures and its
+    scorecard, `scores`), the quality per second. `resumed`: how many renders came from the
+    cache of an earlier run."""
     resize = (
         "resized to 224 px before the network under 224 px (lucent's default)"
         if upsample
@@ -734,7 +842,9 @@ def document(
         " the shipped network; **HF share**, the share of the grey image's spectral power above"
         " 1/3 cycle per pixel (lower: less fine noise); **saturation**, the mean HSV"
         " saturation; **dominated**, the share of pixels where one channel exceeds both others"
-        " by 0.15 after a 13 px blur (`fvis.zoo.quality.colour_dominance`); **red on red** (and"
+        " by 0.15 after a 13 px blur (`fvis.zoo.quality.colour_dominance`); **clipped**, the"
+        " share of channel values stored as 0 or 255 (no quality: flat clipped regions look"
+        " alike from seed to seed, which lowers the diversity); **red on red** (and"
         " green, blue), that share for the intended channel on the class's own render;"
         " **recovered**, the share of class renders whose signature"
         " `fvis.zoo.quality.recover_class` reads as the intended class; **transfer top-1** and"
@@ -751,6 +861,8 @@ def document(
         lines += ["", f"## {size} px", "", *table(here)]
         if size in pictures:
             lines += ["", f"![{size} px: lucent | fvis]({pictures[size]})"]
+        if scores and size in scores:
+            lines += ["", f"![{size} px: fvis against lucent, measure by measure]({scores[size]})"]
     lines += [
         "",
         "## Quality per second",
@@ -927,11 +1039,27 @@ def main() -> None:
         names = [SHAPES.classes[c] for c in _items("classes", args.items)[1]]
         write_atomic(path, png_bytes(picture(cols, names)))
         pictures[size] = path.name
+    scores = {}
+    for size in sizes:
+        panels = score_panels(rows, size)
+        if panels:
+            path = args.out.parent / f"{args.out.stem}-{size}-score.png"
+            title = f"{size} px: fvis against lucent's longest render (green: as good or better)"
+            write_atomic(path, scorecard(panels, title))
+            scores[size] = path.name
     command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
     seconds, loads = time.perf_counter() - began, (load, os.getloadavg()[0])
     resumed = cache.hits if cache else 0
     text = document(
-        rows, pictures, command.strip(), seconds, seeds, args.lucent_upsample, loads, resumed
+        rows,
+        pictures,
+        command.strip(),
+        seconds,
+        seeds,
+        args.lucent_upsample,
+        loads,
+        resumed,
+        scores,
     )
     write_atomic(args.out, text.encode())
     print(text)

@@ -21,6 +21,7 @@ def _script(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -140,9 +141,65 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
     assert lines[6].endswith("| 25.6 | 0.50x |") and lines[8].endswith("| 6.4 | 0.12x |")
     text = quality.document(table, {64: "quality-64.png"}, "python x", 60.0, [0], False)
     assert "![64 px: lucent | fvis](quality-64.png)" in text and classes in text
+    scored = quality.document(table, {}, "python x", 60.0, [0], False, scores={64: "q-64.png"})
+    assert "![64 px: fvis against lucent, measure by measure](q-64.png)" in scored
     pytest.importorskip("lucent")
     images, seconds = quality.lucent_render("conv3", 64, 2, 0, [0, 1])
     assert images.shape == (2, 3, 64, 64) and seconds > 0
+
+
+def test_the_quality_scorecard_marks_every_shortfall_red_and_every_match_green() -> None:
+    import io
+
+    import torch
+    from PIL import Image
+
+    quality = _script("quality")
+    edges = torch.tensor([0.0, 0.001, 0.5, 0.999, 1.0, 0.003]).view(3, 1, 2)
+    assert quality.clipped(edges) == 4 / 6  # 0.003 * 255 = 0.77 rounds to 1, not 0
+
+    def made(tool: str, steps: int, target: str, **changes: float) -> dict:
+        base = {key: 0.5 for key, *_ in quality.MEASURES}
+        base.update(high_frequency=0.02, seconds=steps / 10)
+        return {"tool": tool, "size": 64, "steps": steps, "target": target, **base, **changes}
+
+    lucent = made("lucent", 512, "conv3")
+    ahead = quality.margin("objective", made("fvis", 8, "conv3", objective=0.55), lucent)
+    assert abs(ahead - 0.1) < 1e-12  # 0.05 over lucent's 0.50
+    assert quality.margin("high_frequency", made("fvis", 8, "conv3"), lucent) == 0
+    hf = quality.margin("high_frequency", made("fvis", 8, "conv3", high_frequency=0.03), lucent)
+    assert abs(hf + 0.5) < 1e-12  # lower is better: half again lucent's share is 50% behind
+    assert quality.margin("objective", made("fvis", 8, "conv3", objective=0.504), lucent) == 0
+    assert quality.margin("clipped", lucent, lucent) is None  # no quality
+    assert quality.margin("red", lucent | {"red": None}, lucent) is None
+    nothing = lucent | {"diversity": 0.0}
+    assert quality.margin("diversity", lucent, nothing) == 1.0  # ahead of a zero reference
+
+    rows = [
+        lucent,
+        made("fvis", 64, "conv3", high_frequency=0.03),
+        made("fvis", 256, "conv3", diversity=0.6),
+        made("lucent", 512, "conv4"),
+        made("fvis", 64, "conv4"),
+        made("fvis", 64, "classes"),  # no lucent row: no panel
+        made("fvis", 64, "conv3") | {"size": 224},
+    ]
+    conv3, conv4 = quality.score_panels(rows, 64)
+    assert (conv3.target, conv3.rows) == ("conv3", ["fvis 64 steps", "fvis 256 steps"])
+    shown = [c for c in conv3.columns if "green" not in c and "recovered" not in c]
+    assert shown[0] == "objective\nlucent 0.50" and shown[-1] == "time\n<= 0.33x"
+    assert conv3.values[0][-1] == "0.125x"  # 6.4 s over lucent's 51.2 s
+    assert abs(conv3.margins[0][-1] - (1 / 3 - 0.125) * 3) < 1e-12
+    hf_column = next(i for i, c in enumerate(conv3.columns) if c.startswith("HF share"))
+    assert abs(conv3.margins[0][hf_column] + 0.5) < 1e-12 and conv3.margins[1][hf_column] == 0
+    assert conv4.margins == [[0.0] * (len(conv4.columns) - 1) + [(1 / 3 - 0.125) * 3]]
+
+    def reds(panels: list) -> int:
+        image = Image.open(io.BytesIO(quality.scorecard(panels, "test"))).convert("RGB")
+        return sum(1 for r, g, b in image.getdata() if r > 150 and g < 120 and b < 120)
+
+    assert reds([conv4]) == 0  # every cell matches or beats lucent: no red
+    assert reds([conv3]) > 2 * 40 * 20  # two short cells of at least 40 x 20 pixels
 
 
 def test_a_stopped_quality_run_resumes_from_its_cache(tmp_path: Path, monkeypatch) -> None:
