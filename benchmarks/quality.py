@@ -598,7 +598,9 @@ def margin(key: str, candidate: Row, reference: Row) -> float | None:
         return None
     mine, theirs = float(_shown(key, candidate[key])), float(_shown(key, reference[key]))
     ahead = mine - theirs if higher else theirs - mine
-    return ahead / abs(theirs) if theirs else math.copysign(1.0, ahead) if ahead else 0.0
+    if theirs:
+        return ahead / abs(theirs)
+    return math.copysign(1.0, ahead) if ahead else 0.0  # against a zero: all or nothing
 
 
 def shortfalls(candidate: Row, reference: Row) -> list[str]:
@@ -682,7 +684,7 @@ def score_panels(rows: Sequence[Row], size: int) -> list[Panel]:
         if not lucent or not fvis:
             continue
         ref = max(lucent, key=lambda r: r["steps"])
-        keys = [k for k, *_ in MEASURES if margin(k, ref, ref) is not None]
+        keys = [k for k, *_, higher in MEASURES if higher is not None and ref.get(k) is not None]
         headings = {k: h for k, h, *_ in MEASURES}
         columns = [f"{headings[k]}\nlucent {_shown(k, ref[k])}" for k in keys]
         columns.append(f"time\n<= {TIME_BAR:.2f}x")
