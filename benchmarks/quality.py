@@ -136,7 +136,7 @@ MEASURES: tuple[tuple[str, str, str, bool | None], ...] = (
     ("seconds", "seconds", "{:.1f}", None),
 )
 Row = dict[str, Any]
-TIME_BAR = 1 / 3  # issue 16's bar: at most a third of lucent's time
+TIME_BAR = 1 / 3  # fvis's aim: at most a third of lucent's time for pictures as good
 SCORE_SPAN = 0.1  # a scorecard cell 10% (or more) ahead or behind is full green or red
 LABEL_VALUE = 12  # the longest value a picture column's heading shows whole
 
@@ -675,7 +675,7 @@ class Panel:
 
 def score_panels(rows: Sequence[Row], size: int) -> list[Panel]:
     """The scorecard of one size: per target, fvis's rows against lucent's longest render.
-    The time column's margin is against issue 16's bar, a third of lucent's time."""
+    The time column's margin is against TIME_BAR, a third of lucent's time."""
     panels = []
     for target in dict.fromkeys(r["target"] for r in rows if r["size"] == size):
         here = [r for r in rows if r["size"] == size and r["target"] == target]
