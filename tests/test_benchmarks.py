@@ -123,8 +123,12 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
         made("fvis", 64, "conv3", saturation=0.4),
         made("fvis", 128, "conv3", high_frequency=0.021, diversity=0.6),
         made(variant, 64, "conv3"),
+        made("lucent", 512, "conv4"),
+        made("fvis", 64, "conv4", objective=0.4, diversity=0.4),
+        made("fvis", 128, "conv4", diversity=0.45),
+        made("fvis", 256, "conv4", diversity=0.49, saturation=0.3),
     ]
-    classes, conv3, conv3_variant = quality.quality_per_second(table)
+    classes, conv3, conv3_variant, conv4 = quality.quality_per_second(table)
     assert conv3_variant.endswith(
         "; `fvis param.period=16` matches or beats every measure at **64 steps**"
         " (6.4 s, 0.12x lucent's time, 0.12x its steps)."
@@ -133,6 +137,12 @@ def test_quality_measures_a_tiny_fvis_render_and_finds_the_quality_per_second(
     assert "**none**" in conv3
     assert "at 64 steps saturation 0.400 vs 0.500" in conv3
     assert "at 128 steps HF share 0.0210 vs 0.0200" in conv3
+    assert "Leaving out" not in conv3  # HF share and diversity each match at some step count
+    assert conv4.endswith(
+        "at 256 steps saturation 0.300 vs 0.500, diversity 0.490 vs 0.500. Leaving out"
+        " diversity, which none matches, it matches at **128 steps** (12.8 s, 0.25x lucent's"
+        " time, 0.25x its steps)."
+    )
     # time over lucent's longest render of the same target: 25.6 s / 51.2 s; 6.4 s / 51.2 s
     with_short_lucent = [made("lucent", 128, "classes"), *table]
     lines = quality.table(with_short_lucent)
