@@ -555,11 +555,17 @@ def _state_problem(state: dict[Any, Any], renderer: Renderer) -> str | None:
 
 
 def _settings(groups: object) -> object:
-    """Adam's param groups without their learning rate, which the schedule sets at each step
-    (`Schedule.lr_at`): a checkpoint's is the rate of its last step, not the first."""
+    """Adam's param groups with the learning rate reduced to whether it is one (a float): the
+    schedule sets the rate at each step (`Schedule.lr_at`), so a checkpoint's is its last
+    step's, not the first's, and only its kind can be checked."""
     if not isinstance(groups, list):
         return groups
-    return [{k: v for k, v in g.items() if k != "lr"} if isinstance(g, dict) else g for g in groups]
+    return [
+        {k: isinstance(v, float) if k == "lr" else v for k, v in g.items()}
+        if isinstance(g, dict)
+        else g
+        for g in groups
+    ]
 
 
 def _adam_problem(adam: object, renderer: Renderer) -> str | None:

@@ -4,6 +4,7 @@ mutated) are refused with exit 2 and one line of fvis's own, never a traceback."
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,13 @@ def resumable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 
 def _refused(run_dir: Path, content: Any) -> None:
-    """Save `content` as the run's checkpoint: resuming must refuse it in one line, exit 2."""
+    """Save `content` as the checkpoint of a copy of the stopped run: resuming must refuse it
+    in one line, exit 2. On a copy, so that a checkpoint wrongly taken fails its own example
+    and leaves the run stopped for the next."""
+    trial = run_dir.with_name("trial")
+    shutil.rmtree(trial, ignore_errors=True)
+    shutil.copytree(run_dir, trial)
+    run_dir = trial
     torch.save(content, run_dir / runs.CHECKPOINT)
     result = CliRunner().invoke(app, ["render", "--resume", str(run_dir), "--quiet"])
     assert isinstance(result.exception, SystemExit), result.exception
@@ -93,6 +100,23 @@ FUZZ = settings(
         HealthCheck.filter_too_much,
     ],
 )
+
+
+@pytest.mark.parametrize("lr", [None, [0.05], "0.05", 1])
+def test_a_learning_rate_missing_or_not_a_float_is_refused(
+    resumable: tuple[Path, dict], lr: object
+) -> None:
+    """The rate's value is not checked (the schedule sets it at each step), its presence and
+    kind are; None stands for the entry deleted."""
+    run_dir, original = resumable
+    state = copy.deepcopy(original)
+    group = state["adam"]["param_groups"][0]
+    assert isinstance(group["lr"], float)
+    if lr is None:
+        del group["lr"]
+    else:
+        group["lr"] = lr
+    _refused(run_dir, state)
 
 
 @FUZZ
