@@ -80,14 +80,13 @@ def _refused(run_dir: Path, content: Any) -> None:
     trial = run_dir.with_name("trial")
     shutil.rmtree(trial, ignore_errors=True)
     shutil.copytree(run_dir, trial)
-    run_dir = trial
-    torch.save(content, run_dir / runs.CHECKPOINT)
-    result = CliRunner().invoke(app, ["render", "--resume", str(run_dir), "--quiet"])
+    torch.save(content, trial / runs.CHECKPOINT)
+    result = CliRunner().invoke(app, ["render", "--resume", str(trial), "--quiet"])
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"{run_dir / runs.CHECKPOINT}: "), lines[0]
+    assert lines[0].startswith(f"{trial / runs.CHECKPOINT}: "), lines[0]
     assert "weights_only" not in lines[0]
 
 
